@@ -1,0 +1,5 @@
+"""``python -m discograd`` runs the same command line as the ``discograd`` script."""
+
+from discograd.cli import main
+
+raise SystemExit(main())

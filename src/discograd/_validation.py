@@ -1,0 +1,97 @@
+"""Input checks shared by ops, distributions and estimators.
+
+Each check raises ``ValueError`` naming the offending argument, so that bad input fails at the
+call that received it instead of surfacing later as a NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+TauLike = Union[float, Tensor]
+
+# Checks on tensor contents cost a pass over memory and a device sync; like
+# torch.distributions.Distribution.set_default_validate_args, users may switch them off.
+_enabled = True
+
+
+def set_validate_args(value: bool) -> None:
+    """Turn discograd's checks of tensor contents (NaN, masks, ranges) on or off.
+
+    Cheap checks of Python scalars and shapes always run. Only discograd is affected; torch's
+    own validation settings are left as they are.
+    """
+    global _enabled
+    _enabled = bool(value)
+
+
+def validate_args_enabled() -> bool:
+    return _enabled
+
+
+def check_logits(logits: Tensor, *, name: str = "logits", dim: int | None = -1) -> None:
+    """Reject non-float, NaN, +inf logits, and (when ``dim`` is given) fully masked rows."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
+    if dim is not None and logits.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (the categories)")
+    if not _enabled:
+        return
+    if torch.isnan(logits).any():
+        raise ValueError(f"{name} contains NaN")
+    if torch.isposinf(logits).any():
+        raise ValueError(f"{name} contains +inf; use -inf to mask a category, not +inf")
+    if dim is not None:
+        if logits.shape[dim] == 0:
+            raise ValueError(f"{name} has no categories along dim={dim}")
+        if torch.isneginf(logits).all(dim=dim).any():
+            raise ValueError(f"{name}: all categories are masked (-inf) in at least one row")
+
+
+def check_tau(tau: TauLike, *, name: str = "tau") -> None:
+    """Reject temperatures that are not finite and strictly positive."""
+    if isinstance(tau, Tensor):
+        if not _enabled:
+            return
+        if torch.isnan(tau).any():
+            raise ValueError(f"{name} contains NaN")
+        if (tau <= 0).any():
+            raise ValueError(f"{name} must be > 0, got a value <= 0")
+        if torch.isinf(tau).any():
+            raise ValueError(f"{name} must be finite")
+        return
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(tau).__name__}") from None
+    if value != value:
+        raise ValueError(f"{name} is NaN")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if value == float("inf"):
+        raise ValueError(f"{name} must be finite, got inf")
+
+
+def check_positive_int(value: int, *, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_probs(probs: Tensor, *, name: str = "probs", dim: int = -1, atol: float = 1e-4) -> None:
+    """Probabilities must lie in [0, 1] and sum to 1 along ``dim``."""
+    if not _enabled:
+        return
+    if torch.isnan(probs).any():
+        raise ValueError(f"{name} contains NaN")
+    if (probs < 0).any() or (probs > 1).any():
+        raise ValueError(f"{name} must lie in [0, 1]")
+    total = probs.sum(dim)
+    if not torch.allclose(total, torch.ones_like(total), atol=atol):
+        raise ValueError(f"{name} must sum to 1 along dim={dim}")

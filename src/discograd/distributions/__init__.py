@@ -1,0 +1,3 @@
+"""torch.distributions subclasses for relaxed discrete variables."""
+
+__all__: list = []

@@ -1,0 +1,195 @@
+r"""The estimator interface and the pieces every estimator shares.
+
+An estimator turns a loss ``f`` of a discrete random variable into a *surrogate*: a tensor whose
+value is a Monte Carlo estimate of :math:`\mathbb{E}[f(z)]` and whose gradient, from
+``surrogate.mean().backward()``, is the estimator's gradient estimate, delivered to ``logits``
+(and on to whatever produced them) and to every parameter ``f`` depends on::
+
+    est = discograd.estimators.get("reinmax", tau=1.0)
+    surrogate = est(f, logits)              # logits: (..., K); f(z): (S, ...) per-sample losses
+    surrogate.mean().backward()
+
+The surrogates are built with the "magic box" of DiCE (Foerster et al., 2018): a term
+:math:`x - \mathrm{stop}(x)` is zero in value and carries the gradient of :math:`x`, so one
+tensor holds both the estimate and the gradient.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from discograd._validation import check_positive_int
+from discograd.estimators._family import Family, make_family
+from discograd.schedules import Schedule, as_schedule
+
+LossFn = Callable[[Tensor], Tensor]
+LogitsLike = Union[Tensor, Distribution]
+
+_REGISTRY: Dict[str, Type["Estimator"]] = {}
+
+
+def register(name: str) -> Callable[[Type["Estimator"]], Type["Estimator"]]:
+    """Class decorator adding an estimator to the registry under ``name``."""
+
+    def deco(cls: Type["Estimator"]) -> Type["Estimator"]:
+        if name in _REGISTRY:
+            raise ValueError(f"estimator {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> List[str]:
+    """Names of all registered estimators, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: Union[str, "Estimator"], **options) -> "Estimator":
+    """Build the estimator registered as ``name`` with ``options`` (an Estimator passes through)."""
+    if isinstance(name, Estimator):
+        if options:
+            raise ValueError("options cannot be given together with an Estimator instance")
+        return name
+    key = str(name).lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown estimator {name!r}; available: {', '.join(available())}")
+    cls = _REGISTRY[key]
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        valid = [p for p in params if p != "self"]
+        raise ValueError(
+            f"estimator {key!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(valid) or '(none)'}"
+        )
+    return cls(**options)
+
+
+class Estimator(nn.Module):
+    """Base class: subclasses implement :meth:`estimate`.
+
+    Class attributes document the estimator and are checked by the tests: ``distributions``
+    (which inputs it accepts), ``unbiased`` and ``evaluations`` (evaluations of f per call, for
+    n_samples = 1).
+    """
+
+    name: ClassVar[str] = ""
+    distributions: ClassVar[Tuple[str, ...]] = ("categorical", "bernoulli")
+    unbiased: ClassVar[bool] = False
+    evaluations: ClassVar[str] = "1"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A buffer, so schedules resume where they left off when a checkpoint is loaded.
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def forward(
+        self,
+        f: LossFn,
+        logits: LogitsLike,
+        *,
+        distribution: str = "categorical",
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        family = make_family(logits, distribution, supported=self.distributions, name=self.name)
+        return self.estimate(f, family, generator)
+
+    def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Advance the step counter that schedules (temperatures) read; call once per update."""
+        self.num_steps += 1
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+class Relaxed(Estimator):
+    """Base of estimators with a temperature: holds the schedule and reads it at each call."""
+
+    def __init__(self, tau: Union[float, Tensor, Schedule] = 1.0) -> None:
+        super().__init__()
+        schedule = as_schedule(tau)
+        if isinstance(schedule, nn.Module):
+            self.schedule = schedule  # registered, so a learned temperature is a parameter
+        else:
+            self._schedule = schedule
+
+    @property
+    def tau_schedule(self) -> Schedule:
+        return self.schedule if "schedule" in self._modules else self._schedule
+
+    def temperature(self) -> Union[float, Tensor]:
+        """The temperature for the current step."""
+        return self.tau_schedule(int(self.num_steps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces. An estimator file should contain only what makes that estimator different.
+
+
+def zero_value(x: Tensor) -> Tensor:
+    """x - stop(x): exactly zero in value, with the gradient of x (DiCE's magic box minus one)."""
+    return x - x.detach()
+
+
+def evaluate(f: LossFn, z: Tensor, family: Family, what: str = "f") -> Tensor:
+    """Call f on a stack of n samples and check it returned (n, *out_shape) per-sample losses.
+
+    out_shape must be a prefix of the rows' shape: an entry of f's output is the loss of the
+    rows under it.
+    """
+    out = f(z)
+    n = z.shape[0]
+    rows = tuple(family.row_shape)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+    ok = out.dim() >= 1 and out.shape[0] == n and tuple(out.shape[1:]) == rows[: out.dim() - 1]
+    if not ok:
+        raise ValueError(
+            f"{what} returned shape {tuple(out.shape)} for samples of shape {tuple(z.shape)}; "
+            f"expected per-sample losses of shape ({n}, *batch) where batch is a prefix of "
+            f"{rows} (f must keep the leading sample dimension)"
+        )
+    if not out.is_floating_point():
+        raise ValueError(f"{what} must return floating-point losses, got {out.dtype}")
+    return out
+
+
+def sum_rows(x: Tensor, out_ndim: int) -> Tensor:
+    """Sum (n, *row_shape) over the rows beyond the first ``out_ndim``: (n, *out_shape)."""
+    dims = tuple(range(1 + out_ndim, x.dim()))
+    return x.sum(dims) if dims else x
+
+
+def score_surrogate(fz: Tensor, log_q: Tensor, baseline: Union[Tensor, float] = 0.0) -> Tensor:
+    r"""Per-sample surrogate :math:`f + \mathrm{stop}(f - b)\,(\log q - \mathrm{stop}(\log q))`.
+
+    Value f; gradient :math:`\nabla f + (f - b)\nabla \log q`. ``log_q`` must already be summed
+    to f's shape.
+    """
+    return fz + (fz - baseline).detach() * zero_value(log_q)
+
+
+def check_n_samples(n_samples: int, minimum: int = 1) -> int:
+    check_positive_int(n_samples, name="n_samples", minimum=minimum)
+    return n_samples
+
+
+def categorical_view(family: Family) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Categorical logits (..., K) for the family, and the map from a (relaxed) one-hot back to
+    the family's samples. Bernoulli(sigmoid(a)) is the two-class categorical with logits [0, a],
+    so every categorical relaxation serves Bernoulli variables too."""
+    if family.kind == "bernoulli":
+        return family.as_categorical()  # type: ignore[attr-defined]
+    return family.logits, lambda y: y  # type: ignore[attr-defined]

@@ -1,0 +1,101 @@
+r"""Baselines for score-function estimators: modules passed in, not flags inside estimators.
+
+A baseline :math:`b` lowers the variance of :math:`(f(z) - b)\nabla\log q(z)` and keeps it
+unbiased as long as :math:`b` does not depend on the sample :math:`z` it multiplies. Both kinds
+here are computed before the current samples are seen.
+
+- :class:`EMABaseline`: an exponential moving average of past losses (updated in training
+  mode only, after the estimate).
+- :class:`NetworkBaseline`: a user module :math:`b_\psi(x)` of the detached logits (an
+  input-dependent baseline, as in NVIL), trained by the surrogate to minimize
+  :math:`\mathbb{E}(f - b_\psi)^2` through a term that is zero in value.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from discograd.estimators._family import Family
+
+
+def baseline_features(family: Family, out_ndim: int) -> Tensor:
+    """Detached inputs for an input-dependent baseline: (*out_shape, F), one row per output."""
+    x = family.logits if hasattr(family, "logits") else family.mean()
+    out_shape = tuple(family.row_shape[:out_ndim])
+    return x.detach().reshape(out_shape + (-1,))
+
+
+class Baseline(nn.Module):
+    """Interface: ``forward(family, out_ndim)`` gives b (broadcastable to f's output entries);
+    ``update(fz)`` sees the detached losses after each estimate; ``loss(fz, b)`` is the
+    training loss of a learned baseline (or None)."""
+
+    def forward(self, family: Family, out_ndim: int) -> Union[Tensor, float]:
+        raise NotImplementedError
+
+    def update(self, fz: Tensor) -> None:
+        return None
+
+    def loss(self, fz: Tensor, b: Union[Tensor, float]) -> Optional[Tensor]:
+        return None
+
+
+class EMABaseline(Baseline):
+    """b = running average of f: b <- decay * b + (1 - decay) * mean(f)."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.register_buffer("value", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, family: Family, out_ndim: int) -> Tensor:
+        return self.value
+
+    @torch.no_grad()
+    def update(self, fz: Tensor) -> None:
+        if not self.training:
+            return
+        m = fz.detach().mean().to(self.value.dtype)
+        if bool(self.initialized):
+            self.value.mul_(self.decay).add_((1 - self.decay) * m)
+        else:
+            self.value.copy_(m)
+            self.initialized.fill_(True)
+
+
+class NetworkBaseline(Baseline):
+    """b = net(detached logits of the rows under each output entry), trained by squared error."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, family: Family, out_ndim: int) -> Tensor:
+        out_shape = tuple(family.row_shape[:out_ndim])
+        return self.net(baseline_features(family, out_ndim)).reshape(out_shape)
+
+    def loss(self, fz: Tensor, b: Union[Tensor, float]) -> Tensor:
+        return ((fz.detach() - b) ** 2).mean(0)
+
+
+def make_baseline(spec: Union[None, str, float, nn.Module]) -> Optional[Baseline]:
+    """None; "ema" (decay 0.9) or a float decay; a Baseline; or any module (a NetworkBaseline)."""
+    if spec is None or spec == "none":
+        return None
+    if isinstance(spec, Baseline):
+        return spec
+    if isinstance(spec, nn.Module):
+        return NetworkBaseline(spec)
+    if spec == "ema":
+        return EMABaseline()
+    if isinstance(spec, float):
+        return EMABaseline(spec)
+    raise ValueError(
+        f"baseline must be None, 'ema', a float decay in [0, 1), or an nn.Module; got {spec!r}"
+    )

@@ -1,0 +1,284 @@
+r"""Functional samplers: Gumbel noise, Gumbel-max, Gumbel-softmax, Gumbel top-k.
+
+The Gumbel-max trick (see the seeds): if :math:`G_i \sim \mathrm{Gumbel}(0, 1)` are independent,
+
+.. math:: \arg\max_i (\theta_i + G_i) \sim \mathrm{Categorical}(\mathrm{softmax}(\theta)),
+
+and replacing the arg max by a tempered softmax gives the Gumbel-softmax (Concrete) relaxation
+
+.. math:: y = \mathrm{softmax}((\theta + G) / \tau).
+
+Gumbel noise is drawn by inverting the CDF :math:`F(x) = \exp(-\exp(-x))`:
+:math:`G = -\log E` with :math:`E = -\log U \sim \mathrm{Exp}(1)`. The uniform :math:`U` is taken
+at the midpoint of the generator's grid cell, so it is never 0 or 1, and :math:`E` is computed
+as ``-log1p(-(1 - U))`` when :math:`U > 1/2`, so that small exponentials (large Gumbels) keep
+full precision. The noise is therefore finite for every draw, in every dtype, without clamping
+away probability mass. Half-precision inputs are computed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from discograd._validation import TauLike, check_logits, check_positive_int, check_tau
+
+__all__ = [
+    "gumbel_noise",
+    "gumbel_max",
+    "gumbel_softmax",
+    "gumbel_topk",
+    "relaxed_topk",
+    "straight_through",
+]
+
+ShapeLike = Union[int, Sequence[int], torch.Size]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype samplers compute in: float64 stays, everything else works in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def standard_exponential(
+    shape: ShapeLike,
+    *,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    """Exp(1) draws that are strictly positive and finite (float32 or float64 only)."""
+    r = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    # torch.rand yields multiples of 2^-p (p = 24 for float32, 53 for float64); adding half a
+    # cell gives the cell midpoint u, which is exact in either branch below.
+    half_cell = 2.0 ** -(54 if dtype == torch.float64 else 25)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    low = r < 0.5
+    e_low = -torch.log(r + half_cell)
+    e_high = -torch.log1p(-((1.0 - r) - half_cell))
+    return torch.where(low, e_low, e_high)
+
+
+def gumbel_noise(
+    shape_or_tensor: Union[ShapeLike, Tensor],
+    *,
+    generator: Optional[torch.Generator] = None,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[Union[torch.device, str]] = None,
+) -> Tensor:
+    r"""Standard Gumbel noise :math:`G = -\log(-\log U)`, finite for every draw.
+
+    Args:
+        shape_or_tensor: a shape, or a tensor whose shape (and, unless given, dtype and device)
+            the noise takes, like ``torch.rand_like``.
+        generator: a ``torch.Generator`` for reproducible draws.
+        dtype: float16, bfloat16, float32 or float64 (default float32, or the tensor's dtype).
+        device: where to draw (default CPU, or the tensor's device).
+
+    Returns:
+        A tensor of Gumbel(0, 1) draws. Values lie in about [-2.9, 17.4] in float32 and
+        [-3.6, 37.4] in float64; the probability outside these ranges is below 2^-24 and
+        2^-53, the resolution of the underlying uniform generator.
+    """
+    if isinstance(shape_or_tensor, Tensor):
+        shape = shape_or_tensor.shape
+        dtype = shape_or_tensor.dtype if dtype is None else dtype
+        device = shape_or_tensor.device if device is None else device
+    else:
+        shape = (shape_or_tensor,) if isinstance(shape_or_tensor, int) else tuple(shape_or_tensor)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    work = compute_dtype(dtype)
+    e = standard_exponential(shape, generator=generator, dtype=work, device=device)
+    return (-torch.log(e)).to(dtype)
+
+
+def _perturbed(logits: Tensor, dim: int, generator: Optional[torch.Generator]) -> Tensor:
+    """logits + Gumbel noise, in the compute dtype (float32 for half inputs)."""
+    check_logits(logits, dim=dim)
+    work = logits.to(compute_dtype(logits.dtype))
+    return work + gumbel_noise(work, generator=generator)
+
+
+def _one_hot(index: Tensor, like: Tensor, dim: int) -> Tensor:
+    """One-hot of ``index`` (the arg max along ``dim``, kept as a size-1 dim) shaped like ``like``."""
+    return torch.zeros_like(like).scatter_(dim, index, 1.0)
+
+
+class _StraightThrough(torch.autograd.Function):
+    # A custom function, rather than `hard - soft.detach() + soft`, keeps the forward value
+    # exactly one-hot: the arithmetic form rounds 1 - y + y to values like 0.99999994.
+    @staticmethod
+    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return None, grad
+
+
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """Return ``hard`` in the forward pass and pass the gradient to ``soft`` unchanged."""
+    if hard.shape != soft.shape:
+        raise ValueError(f"hard {tuple(hard.shape)} and soft {tuple(soft.shape)} differ in shape")
+    return _StraightThrough.apply(hard.to(soft.dtype), soft)
+
+
+def gumbel_max(
+    logits: Tensor,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+    one_hot: bool = False,
+) -> Tensor:
+    r"""Exact categorical samples by the Gumbel-max trick: :math:`\arg\max_i(\theta_i + G_i)`.
+
+    Args:
+        logits: unnormalized log-probabilities, categories along ``dim``; ``-inf`` masks a
+            category (it is never drawn).
+        dim: the category dimension.
+        generator: a ``torch.Generator`` for reproducible draws.
+        one_hot: return one-hot vectors (dtype of ``logits``) instead of indices.
+
+    Returns:
+        int64 indices with ``dim`` removed, or one-hot samples shaped like ``logits``.
+    """
+    scores = _perturbed(logits, dim, generator)
+    index = scores.argmax(dim, keepdim=True)
+    if one_hot:
+        return _one_hot(index, logits, dim)
+    return index.squeeze(dim)
+
+
+def _tau_for(tau: TauLike, logits: Tensor, dim: int) -> Union[float, Tensor]:
+    """Broadcast a tensor temperature over the batch shape (``logits`` without ``dim``)."""
+    check_tau(tau)
+    if not isinstance(tau, Tensor):
+        return float(tau)
+    dim = dim % logits.dim()
+    batch_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
+    try:
+        if torch.broadcast_shapes(tau.shape, batch_shape) != batch_shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(
+            f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
+            f"{tuple(batch_shape)} of logits (logits' shape without dim={dim})"
+        ) from None
+    return tau.expand(batch_shape).unsqueeze(dim).to(compute_dtype(logits.dtype))
+
+
+def gumbel_softmax(
+    logits: Tensor,
+    tau: TauLike = 1.0,
+    hard: bool = False,
+    eps: float = 1e-10,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Gumbel-softmax sample :math:`y = \mathrm{softmax}((\theta + G)/\tau)` along ``dim``.
+
+    A drop-in for ``torch.nn.functional.gumbel_softmax`` (same arguments; ``eps`` is accepted
+    and unused, as in torch) plus ``generator=``. With ``hard=True`` the forward value is the
+    exact one-hot of :math:`\arg\max_i(\theta_i + G_i)`, a sample of
+    Categorical(softmax(logits)), and the gradient is that of the soft sample
+    (straight-through Gumbel-softmax, Jang et al. 2016).
+
+    Args:
+        logits: (..., K, ...) unnormalized log-probabilities; ``-inf`` masks a category.
+        tau: temperature > 0, a float or a tensor broadcastable to the batch shape (the shape
+            of ``logits`` without ``dim``); gradients flow into a tensor ``tau``.
+        hard: return exact one-hot samples with the soft sample's gradient.
+        dim: the category dimension.
+        generator: a ``torch.Generator`` for reproducible draws.
+
+    Returns:
+        A tensor shaped like ``logits``, in its dtype.
+    """
+    del eps
+    tau_ = _tau_for(tau, logits, dim)
+    scores = _perturbed(logits, dim, generator)
+    soft = torch.softmax(scores / tau_, dim)
+    if hard:
+        hard_sample = _one_hot(scores.argmax(dim, keepdim=True), soft, dim)
+        soft = straight_through(hard_sample, soft)
+    return soft.to(logits.dtype)
+
+
+def _check_k(logits: Tensor, k: int, dim: int) -> None:
+    check_positive_int(k, name="k")
+    if k > logits.shape[dim]:
+        raise ValueError(f"k={k} is larger than the number of categories {logits.shape[dim]}")
+    if (torch.isfinite(logits).sum(dim) < k).any():
+        raise ValueError(f"k={k} is larger than the number of unmasked categories in some row")
+
+
+def gumbel_topk(
+    logits: Tensor,
+    k: int,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Sample k distinct categories without replacement (Gumbel top-k; Kool et al. 2019).
+
+    The indices of the k largest :math:`\theta_i + G_i` are distributed as k successive draws
+    without replacement from softmax(logits), in the order drawn.
+
+    Returns:
+        int64 indices with ``dim`` of size k, like ``torch.topk(...).indices``.
+    """
+    check_logits(logits, dim=dim)
+    _check_k(logits, k, dim)
+    return _perturbed(logits, dim, generator).topk(k, dim=dim).indices
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Maechler 2012)."""
+    x = x.clamp(max=-1e-20)  # a category drawn with probability one is masked, not -inf/NaN
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-x.exp()))
+
+
+def relaxed_topk(
+    logits: Tensor,
+    k: int,
+    tau: TauLike = 1.0,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Relaxed k-hot sample of k categories without replacement (Xie & Ermon, 2019).
+
+    With :math:`a^{(1)} = \theta + G`, for :math:`j = 1..k`:
+    :math:`p^{(j)} = \mathrm{softmax}(a^{(j)}/\tau)`,
+    :math:`a^{(j+1)} = a^{(j)} + \log(1 - p^{(j)})`, and the sample is :math:`\sum_j p^{(j)}`,
+    a point with entries in [0, 1] summing to k. As :math:`\tau \to 0` it tends to the k-hot
+    vector of :func:`gumbel_topk` drawn with the same noise. ``hard=True`` returns that exact
+    k-hot vector with the relaxed sample's gradient.
+    """
+    check_logits(logits, dim=dim)
+    _check_k(logits, k, dim)
+    tau_ = _tau_for(tau, logits, dim)
+    scores = _perturbed(logits, dim, generator)
+    a = scores
+    khot = torch.zeros_like(scores)
+    for _ in range(k):
+        log_p = torch.log_softmax(a / tau_, dim)
+        khot = khot + log_p.exp()
+        a = a + _log1mexp(log_p)
+    if hard:
+        exact = torch.zeros_like(khot).scatter_(dim, scores.topk(k, dim=dim).indices, 1.0)
+        khot = straight_through(exact, khot)
+    return khot.to(logits.dtype)
+
+
+def one_hot_like(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot`` in a floating dtype."""
+    return F.one_hot(index, num_classes).to(dtype)

@@ -1,0 +1,89 @@
+r"""Temperature schedules: small callables ``step -> tau`` used by every relaxation.
+
+A schedule is any callable taking the estimator's step count (an ``int``) and returning a
+positive float or tensor. Estimators hold their schedule and a step counter that
+``Estimator.step()`` (or the trainer) advances once per optimizer step; the counter is a buffer,
+so it is saved in ``state_dict`` and restored on resume.
+
+- :class:`Constant`: :math:`\tau_t = \tau`.
+- :class:`ExponentialDecay`: Jang et al. (2016),
+  :math:`\tau_t = \max(\tau_{\min}, \tau_0 \exp(-r \cdot N \lfloor t / N \rfloor))`, updated every
+  N steps.
+- :class:`LearnedTemperature`: :math:`\tau = \tau_{\min} + \exp(s)` with :math:`s` a parameter,
+  trained by whatever loss the relaxed samples feed (Jang et al. learn :math:`1/\tau`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+from discograd._validation import check_tau
+
+__all__ = ["Constant", "ExponentialDecay", "LearnedTemperature", "as_schedule", "Schedule"]
+
+Schedule = Callable[[int], Union[float, Tensor]]
+
+
+class Constant:
+    """tau_t = tau for every step."""
+
+    def __init__(self, tau: Union[float, Tensor] = 1.0) -> None:
+        check_tau(tau)
+        self.tau = tau
+
+    def __call__(self, step: int) -> Union[float, Tensor]:
+        return self.tau
+
+    def __repr__(self) -> str:
+        return f"Constant({self.tau})"
+
+
+class ExponentialDecay:
+    """tau_t = max(tau_min, tau0 * exp(-rate * N * floor(t / N))), N = ``every``."""
+
+    def __init__(
+        self, tau0: float = 1.0, rate: float = 1e-4, tau_min: float = 0.5, every: int = 1000
+    ) -> None:
+        check_tau(tau0, name="tau0")
+        check_tau(tau_min, name="tau_min")
+        if rate < 0 or rate != rate:
+            raise ValueError(f"rate must be >= 0, got {rate}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.tau0, self.rate, self.tau_min, self.every = float(tau0), float(rate), tau_min, every
+
+    def __call__(self, step: int) -> float:
+        t = (step // self.every) * self.every
+        return max(self.tau_min, self.tau0 * math.exp(-self.rate * t))
+
+    def __repr__(self) -> str:
+        return (
+            f"ExponentialDecay(tau0={self.tau0}, rate={self.rate}, "
+            f"tau_min={self.tau_min}, every={self.every})"
+        )
+
+
+class LearnedTemperature(nn.Module):
+    """A trainable temperature tau = tau_min + exp(s), initialised at ``init``."""
+
+    def __init__(self, init: float = 1.0, tau_min: float = 0.0) -> None:
+        super().__init__()
+        check_tau(init, name="init")
+        if tau_min < 0 or tau_min >= init:
+            raise ValueError(f"tau_min must be in [0, init), got {tau_min}")
+        self.tau_min = float(tau_min)
+        self.log_excess = nn.Parameter(torch.tensor(math.log(init - tau_min)))
+
+    def forward(self, step: int = 0) -> Tensor:
+        return self.tau_min + self.log_excess.exp()
+
+
+def as_schedule(tau: Union[float, Tensor, Schedule]) -> Schedule:
+    """A float or tensor becomes :class:`Constant`; a callable is taken as a schedule."""
+    if callable(tau):
+        return tau
+    return Constant(tau)
