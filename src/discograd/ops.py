@@ -106,7 +106,7 @@ def _perturbed(logits: Tensor, dim: int, generator: Optional[torch.Generator]) -
 
 
 def _one_hot(index: Tensor, like: Tensor, dim: int) -> Tensor:
-    """One-hot of ``index`` (the arg max along ``dim``, kept as a size-1 dim) shaped like ``like``."""
+    """One-hot of ``index`` (arg max along ``dim``, kept as a size-1 dim), shaped like ``like``."""
     return torch.zeros_like(like).scatter_(dim, index, 1.0)
 
 

@@ -215,8 +215,9 @@ def test_generator_makes_estimates_reproducible_and_leaves_global_rng_alone():
         b = estimators.get(name)(f, logits, generator=torch.Generator().manual_seed(5))
         assert torch.equal(a, b), name
     state = torch.get_rng_state()
-    a = estimators.get("reparam")(lambda z: z**2, normal, generator=torch.Generator().manual_seed(1))
-    b = estimators.get("reparam")(lambda z: z**2, normal, generator=torch.Generator().manual_seed(1))
+    reparam = estimators.get("reparam")
+    a = reparam(lambda z: z**2, normal, generator=torch.Generator().manual_seed(1))
+    b = reparam(lambda z: z**2, normal, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert torch.equal(state, torch.get_rng_state())
 

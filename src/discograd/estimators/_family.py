@@ -172,7 +172,7 @@ class TorchFamily(Family):
 
 def _has_mean(dist: Distribution) -> bool:
     try:
-        dist.mean
+        _ = dist.mean
     except NotImplementedError:
         return False
     return True

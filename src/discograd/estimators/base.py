@@ -30,13 +30,13 @@ from discograd.schedules import Schedule, as_schedule
 LossFn = Callable[[Tensor], Tensor]
 LogitsLike = Union[Tensor, Distribution]
 
-_REGISTRY: Dict[str, Type["Estimator"]] = {}
+_REGISTRY: Dict[str, Type[Estimator]] = {}
 
 
-def register(name: str) -> Callable[[Type["Estimator"]], Type["Estimator"]]:
+def register(name: str) -> Callable[[Type[Estimator]], Type[Estimator]]:
     """Class decorator adding an estimator to the registry under ``name``."""
 
-    def deco(cls: Type["Estimator"]) -> Type["Estimator"]:
+    def deco(cls: Type[Estimator]) -> Type[Estimator]:
         if name in _REGISTRY:
             raise ValueError(f"estimator {name!r} is already registered")
         cls.name = name
@@ -51,7 +51,7 @@ def available() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: Union[str, "Estimator"], **options) -> "Estimator":
+def get(name: Union[str, Estimator], **options) -> Estimator:
     """Build the estimator registered as ``name`` with ``options`` (an Estimator passes through)."""
     if isinstance(name, Estimator):
         if options:
