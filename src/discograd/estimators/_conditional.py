@@ -36,9 +36,7 @@ def conditional_gumbel(
         shape = (n,) + tuple(shape)
     work = compute_dtype(logits.dtype)
     theta = logits.to(work)
-    log_e = standard_exponential(
-        shape, generator=generator, dtype=work, device=logits.device
-    ).log()
+    log_e = standard_exponential(shape, generator=generator, dtype=work, device=logits.device).log()
     mask = one_hot.to(work).expand(shape) > 0.5
     top = torch.logsumexp(theta, -1, keepdim=True) - (log_e * mask).sum(-1, keepdim=True)
     rest = -torch.logaddexp(-top, log_e - theta)

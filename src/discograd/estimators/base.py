@@ -181,6 +181,42 @@ def score_surrogate(fz: Tensor, log_q: Tensor, baseline: Union[Tensor, float] = 
     return fz + (fz - baseline).detach() * zero_value(log_q)
 
 
+def score_draws(
+    f: LossFn, family: Family, n_samples: int, generator: Optional[torch.Generator]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The draw every score-function estimator starts from.
+
+    Returns samples z (n, *value_shape), their losses f(z) (n, *out_shape) and
+    log q(z) summed over the rows under each output entry, (n, *out_shape).
+    """
+    z = family.sample(n_samples, generator)
+    fz = evaluate(f, z, family)
+    log_q = sum_rows(family.log_prob(z), fz.dim() - 1)
+    return z, fz, log_q
+
+
+def value_and_grad(
+    f: LossFn, x: Tensor, family: Family, *, what: str, keep_graph: bool
+) -> Tuple[Tensor, Tensor]:
+    """f at the points x (n, *value_shape) and df/dx, for estimators built on f's derivative.
+
+    ``keep_graph``: keep the value's graph to f's parameters (the value then enters the
+    surrogate); otherwise both come back detached.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():  # f'(x) is part of the estimate, even under no_grad
+        fx = evaluate(f, x, family, what=what)
+        dfx = None
+        if fx.requires_grad:
+            (dfx,) = torch.autograd.grad(fx.sum(), x, retain_graph=keep_graph, allow_unused=True)
+    if dfx is None:
+        raise ValueError(
+            f"{what}: f must be differentiable in its input (its output does not depend on z "
+            "through differentiable operations); this estimator uses f's derivative"
+        )
+    return (fx if keep_graph else fx.detach()), dfx
+
+
 def check_n_samples(n_samples: int, minimum: int = 1) -> int:
     check_positive_int(n_samples, name="n_samples", minimum=minimum)
     return n_samples

@@ -25,7 +25,8 @@ def baseline_features(family: Family, out_ndim: int) -> Tensor:
     """Detached inputs for an input-dependent baseline: (*out_shape, F), one row per output."""
     x = family.logits if hasattr(family, "logits") else family.mean()
     out_shape = tuple(family.row_shape[:out_ndim])
-    return x.detach().reshape(out_shape + (-1,))
+    # A masked (-inf) logit would make a network's output NaN; far below any live logit will do.
+    return x.detach().clamp_min(-30.0).reshape(out_shape + (-1,))
 
 
 class Baseline(nn.Module):

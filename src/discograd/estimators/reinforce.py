@@ -20,10 +20,9 @@ from discograd.estimators.base import (
     Estimator,
     LossFn,
     check_n_samples,
-    evaluate,
     register,
+    score_draws,
     score_surrogate,
-    sum_rows,
     zero_value,
 )
 from discograd.estimators.baselines import make_baseline
@@ -45,10 +44,8 @@ class Reinforce(Estimator):
         self.baseline = make_baseline(baseline)
 
     def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
-        z = family.sample(self.n_samples, generator)
-        fz = evaluate(f, z, family)
+        _, fz, log_q = score_draws(f, family, self.n_samples, generator)
         out_ndim = fz.dim() - 1
-        log_q = sum_rows(family.log_prob(z), out_ndim)
         if self.baseline is None:
             return score_surrogate(fz, log_q).mean(0)
         b = self.baseline(family, out_ndim)

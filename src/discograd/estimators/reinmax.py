@@ -13,13 +13,16 @@ This is the paper's Algorithm 2: :math:`\pi_1 \leftarrow \mathrm{softmax}(\mathr
 :math:`\pi_2 = 2\pi_1 - \tfrac12\pi_0`, and the output carries :math:`\pi_2`'s gradient with the
 value D. tau only moves the point :math:`\pi_1`; no gradient reaches tau (the paper's stop-grad).
 
-What is known. ST is the forward-Euler (first-order) approximation of the exact gradient
-:math:`\sum_{i,j} \pi_i \pi_j (f(e_i) - f(e_j)) \ldots`; ReinMax replaces it by Heun's method
-(the trapezoid rule), second-order accurate. Consequences checked in the tests: at tau = 1 its
-expectation is the exact gradient for every f that is quadratic (hence also linear) in z; for
-other f, or tau != 1, it is biased (for linear f: :math:`\mathbb{E}\hat g = (J(s) + \tfrac12
-(s - \pi_0)(s - \pi_0)^\top) c` with :math:`s = \mathrm{softmax}(\theta/\tau)`). The paper
-recommends tau >= 1. Bernoulli variables use the two-class view [0, a].
+What is known. The exact gradient is
+:math:`\sum_{i,j} \pi_j \big(f(e_i) - f(e_j)\big)\, \partial\pi_i/\partial\theta`. ST
+replaces :math:`f(e_i) - f(e_j)` by :math:`\nabla f(e_j)^\top (e_i - e_j)` (forward Euler, first
+order); ReinMax by :math:`\tfrac12(\nabla f(e_i) + \nabla f(e_j))^\top (e_i - e_j)` (Heun's
+method, the trapezoid rule: second order). Consequences checked in the tests: at tau = 1 its
+expectation is the exact gradient for every f quadratic (hence also linear) in z; for other f,
+or tau != 1, it is biased (for linear :math:`f = c^\top z`:
+:math:`\mathbb{E}\hat g = (J(s) + \tfrac12 (s - \pi_0)(s - \pi_0)^\top)\, c` with
+:math:`s = \mathrm{softmax}(\theta/\tau)`). The paper recommends tau >= 1. Bernoulli variables
+use the two-class view [0, a].
 
 Cost: 1 evaluation of f (S with n_samples), two softmaxes.
 """

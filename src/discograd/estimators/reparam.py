@@ -34,8 +34,7 @@ class Reparam(Estimator):
     def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
         if not family.dist.has_rsample:  # type: ignore[attr-defined]
             raise ValueError(
-                f"reparam needs a distribution with rsample; "
-                f"{type(family.dist).__name__} has none"  # type: ignore[attr-defined]
+                f"reparam needs a distribution with rsample; {type(family.dist).__name__} has none"  # type: ignore[attr-defined]
             )
         z = family.rsample(self.n_samples, generator)  # type: ignore[attr-defined]
         return evaluate(f, z, family).mean(0)
