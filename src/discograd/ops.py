@@ -173,6 +173,18 @@ def _tau_for(tau: TauLike, logits: Tensor, dim: int) -> Union[float, Tensor]:
     return tau.expand(batch_shape).unsqueeze(dim).to(compute_dtype(logits.dtype))
 
 
+def _tempered(scores: Tensor, tau: Union[float, Tensor]) -> Tensor:
+    """scores / tau, keeping masked (-inf) scores at -inf.
+
+    A tensor tau divides a finite stand-in at masked entries: -inf / tau would give tau's
+    gradient 0 * inf = NaN even though those entries' gradient is zero.
+    """
+    if not isinstance(tau, Tensor):
+        return scores / tau
+    masked = torch.isneginf(scores)
+    return torch.where(masked, scores, torch.where(masked, 0.0, scores) / tau)
+
+
 def gumbel_softmax(
     logits: Tensor,
     tau: TauLike = 1.0,
@@ -204,7 +216,7 @@ def gumbel_softmax(
     del eps
     tau_ = _tau_for(tau, logits, dim)
     scores = _perturbed(logits, dim, generator)
-    soft = torch.softmax(scores / tau_, dim)
+    soft = torch.softmax(_tempered(scores, tau_), dim)
     if hard:
         hard_sample = _one_hot(scores.argmax(dim, keepdim=True), soft, dim)
         soft = straight_through(hard_sample, soft)
@@ -242,7 +254,12 @@ def gumbel_topk(
 def _log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Maechler 2012)."""
     x = x.clamp(max=-1e-20)  # a category drawn with probability one is masked, not -inf/NaN
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-x.exp()))
+    near = x > -0.6931471805599453
+    # Each branch sees a safe stand-in where it is not used: log1p(-exp(x)) is -inf for x near
+    # 0 in float32, and its zero gradient would otherwise become 0 / 0 = NaN.
+    a = torch.log(-torch.expm1(torch.where(near, x, -1.0)))
+    b = torch.log1p(-torch.exp(torch.where(near, -1.0, x)))
+    return torch.where(near, a, b)
 
 
 def relaxed_topk(
@@ -259,8 +276,10 @@ def relaxed_topk(
     With :math:`a^{(1)} = \theta + G`, for :math:`j = 1..k`:
     :math:`p^{(j)} = \mathrm{softmax}(a^{(j)}/\tau)`,
     :math:`a^{(j+1)} = a^{(j)} + \log(1 - p^{(j)})`, and the sample is :math:`\sum_j p^{(j)}`,
-    a point with entries in [0, 1] summing to k. As :math:`\tau \to 0` it tends to the k-hot
-    vector of :func:`gumbel_topk` drawn with the same noise. ``hard=True`` returns that exact
+    a point with nonnegative entries summing to k. An entry can exceed 1 (a category that got
+    mass at one step can win a later one: Xie & Ermon's update does not confine the sample to
+    the k-hot polytope). As :math:`\tau \to 0` it tends to the k-hot vector of
+    :func:`gumbel_topk` drawn with the same noise. ``hard=True`` returns that exact
     k-hot vector with the relaxed sample's gradient.
     """
     check_logits(logits, dim=dim)
@@ -270,7 +289,7 @@ def relaxed_topk(
     a = scores
     khot = torch.zeros_like(scores)
     for _ in range(k):
-        log_p = torch.log_softmax(a / tau_, dim)
+        log_p = torch.log_softmax(_tempered(a, tau_), dim)
         khot = khot + log_p.exp()
         a = a + _log1mexp(log_p)
     if hard:

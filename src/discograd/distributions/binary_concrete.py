@@ -1,0 +1,191 @@
+r"""Binary Concrete (relaxed Bernoulli; Maddison et al., 2016; Jang et al., 2016).
+
+With :math:`L = \log E_2 - \log E_1` logistic (:math:`E_1, E_2 \sim \mathrm{Exp}(1)`
+independent), logit :math:`a` and temperature :math:`\tau > 0`,
+
+.. math:: y = \sigma((a + L)/\tau) \in (0, 1),\qquad
+          P(Y \le y) = \sigma(\tau\,\mathrm{logit}(y) - a).
+
+Differentiating the CDF, with :math:`z = \mathrm{logit}(y)` and :math:`u = \tau z - a`,
+
+.. math:: \log p(y) = \log\tau - \mathrm{softplus}(u) - \mathrm{softplus}(-u)
+          - \log y - \log(1 - y),
+
+computed from :math:`\log y` and :math:`\log(1-y)`, so it stays finite for every representable
+:math:`y` and every finite logit (torch's ``RelaxedBernoulli`` overflows to -inf once
+:math:`a - \tau z` exceeds about 88 in float32). Agrees with ``RelaxedBernoulli`` elsewhere.
+
+Boundary convention: :math:`\sigma` rounds to exactly 0 or 1 in floating point, so ``rsample``
+clamps to the representable open interval [tiny, 1 - eps/2] of the dtype (tiny as in
+:func:`~discograd.distributions.exp_concrete.smallest_positive`), and ``log_prob`` clamps its
+input the same way: its value at 0 or 1 is that of the nearest representable interior point.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property
+from torch.types import _size
+
+from discograd._validation import check_tau, validate_args_enabled
+from discograd.distributions.exp_concrete import TemperatureLike, smallest_positive
+from discograd.ops import compute_dtype, standard_exponential
+
+__all__ = ["BinaryConcrete"]
+
+_NO_SHAPE = torch.Size()  # the default sample_shape, as in torch
+
+ParamLike = Union[Tensor, float]
+
+
+def _open_interval(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Clamp y to [tiny, 1 - eps/2], the representable open unit interval of ``dtype``."""
+    return y.clamp(smallest_positive(dtype), 1.0 - torch.finfo(dtype).eps / 2)
+
+
+def _as_tensor(x: ParamLike, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        return x
+    if isinstance(x, Number) and not isinstance(x, bool):
+        return torch.tensor(float(x), dtype=torch.get_default_dtype())
+    raise ValueError(f"{name} must be a float or a torch.Tensor, got {type(x).__name__}")
+
+
+class BinaryConcrete(Distribution):
+    r"""Relaxed Bernoulli on (0, 1): :math:`y = \sigma((a + L)/\tau)`, L logistic.
+
+    Args:
+        temperature: :math:`\tau > 0`, a float or a tensor broadcastable with the logits; the
+            broadcast is the batch shape. As :math:`\tau \to 0` samples approach
+            Bernoulli(sigmoid(a)) draws; as :math:`\tau \to \infty` they approach 1/2.
+        logits: log-odds :math:`a` of any shape (a float or tensor); ``-inf`` / ``+inf`` give
+            the degenerate distributions at 0 / 1.
+        probs: P(1) in [0, 1] (instead of ``logits``).
+        validate_args: torch's validation of parameters and log_prob values (None: torch's
+            default). discograd's own checks run unless ``discograd.set_validate_args(False)``.
+
+    ``rsample`` and ``sample`` take an optional keyword ``generator`` (a discograd extension).
+    ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
+    """
+
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "logits": constraints.real,
+        "probs": constraints.unit_interval,
+    }
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(
+        self,
+        temperature: TemperatureLike,
+        logits: Optional[ParamLike] = None,
+        probs: Optional[ParamLike] = None,
+        validate_args: Optional[bool] = None,
+    ) -> None:
+        if (logits is None) == (probs is None):
+            raise ValueError("exactly one of logits or probs must be given")
+        check_tau(temperature, name="temperature")
+        name = "logits" if logits is not None else "probs"
+        param = _as_tensor(logits if logits is not None else probs, name)
+        if validate_args_enabled():
+            if torch.isnan(param).any():
+                raise ValueError(f"{name} contains NaN")
+            if probs is not None and ((param < 0).any() or (param > 1).any()):
+                raise ValueError("probs must lie in [0, 1]")
+        if not isinstance(temperature, Tensor):
+            temperature = torch.tensor(float(temperature), dtype=param.dtype, device=param.device)
+        elif not temperature.is_floating_point():
+            temperature = temperature.to(param.dtype)
+        try:
+            batch_shape = torch.broadcast_shapes(temperature.shape, param.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"temperature of shape {tuple(temperature.shape)} does not broadcast with "
+                f"{name} of shape {tuple(param.shape)}"
+            ) from None
+        self.temperature = temperature.expand(batch_shape)
+        self._param = param.expand(batch_shape)
+        if logits is not None:
+            self.logits = self._param
+        else:
+            self.probs = self._param
+        super().__init__(batch_shape, validate_args=validate_args)
+
+    def expand(self, batch_shape: _size, _instance=None) -> BinaryConcrete:
+        new = self._get_checked_instance(BinaryConcrete, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.temperature = self.temperature.expand(batch_shape)
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(batch_shape)
+            new._param = new.logits
+        if "probs" in self.__dict__:
+            new.probs = self.probs.expand(batch_shape)
+            new._param = new.probs
+        super(BinaryConcrete, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _new(self, *args, **kwargs) -> Tensor:
+        return self._param.new(*args, **kwargs)
+
+    @lazy_property
+    def logits(self) -> Tensor:
+        # Exact (no clamping): probs 0 and 1 give logits -inf and +inf.
+        return self.probs.log() - torch.log1p(-self.probs)
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def param_shape(self) -> torch.Size:
+        return self._param.shape
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return torch.promote_types(self._param.dtype, self.temperature.dtype)
+
+    def rsample(
+        self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """Reparameterized draws of shape ``sample_shape + batch_shape``, inside (0, 1)."""
+        shape = self._extended_shape(sample_shape)
+        dtype = self._dtype
+        work = compute_dtype(dtype)
+        device = self._param.device
+        e1 = standard_exponential(shape, generator=generator, dtype=work, device=device)
+        e2 = standard_exponential(shape, generator=generator, dtype=work, device=device)
+        logistic = e2.log() - e1.log()
+        a = self.logits.to(work)
+        tau = self.temperature.to(work)
+        # A degenerate logit (+-inf) would give tau a NaN gradient (0 * inf): use a stand-in.
+        infinite = torch.isinf(a)
+        z = torch.where(infinite, a, (torch.where(infinite, 0.0, a) + logistic) / tau)
+        return _open_interval(torch.sigmoid(z), dtype).to(dtype)
+
+    def sample(
+        self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-density at ``value`` in [0, 1]; 0 and 1 are read as the nearest interior points."""
+        if self._validate_args:
+            self._validate_sample(value)
+        dtype = torch.promote_types(self._dtype, value.dtype)
+        work = compute_dtype(dtype)
+        y = _open_interval(value.to(work), value.dtype)
+        log_y, log_1my = y.log(), torch.log1p(-y)
+        u = self.temperature.to(work) * (log_y - log_1my) - self.logits.to(work)
+        log_p = self.temperature.to(work).log() - F.softplus(u) - F.softplus(-u) - log_y - log_1my
+        return log_p.to(dtype)

@@ -1,0 +1,154 @@
+r"""Concrete / Gumbel-softmax on the simplex (Maddison et al., 2016; Jang et al., 2016).
+
+With :math:`G_k \sim \mathrm{Gumbel}(0, 1)` independent, temperature :math:`\tau > 0` and
+:math:`\pi = \mathrm{softmax}(\theta)`,
+
+.. math:: x = \mathrm{softmax}((\theta + G)/\tau) = \exp(\mathrm{log\_softmax}((\theta + G)/\tau)),
+
+and over the first :math:`n - 1` coordinates (Lebesgue measure on the simplex) the density is
+
+.. math:: p(x) = (n-1)!\,\tau^{n-1} \prod_{k=1}^{n}
+          \frac{\pi_k x_k^{-\tau-1}}{\sum_{i=1}^{n} \pi_i x_i^{-\tau}},
+
+evaluated here in log space,
+
+.. math:: \log p(x) = \log (n-1)! + (n-1)\log\tau + \sum_k(\log\pi_k - (\tau+1)\log x_k)
+          - n\,\mathrm{logsumexp}_i(\log\pi_i - \tau \log x_i),
+
+which agrees with ``torch.distributions.RelaxedOneHotCategorical`` where the latter is accurate
+and stays finite at low temperatures, where torch's returns NaN or -inf: at
+:math:`\tau = 0.01` most coordinates of a sample underflow to 0 in float32, and
+:math:`\log 0` enters torch's formula as :math:`\infty - \infty`.
+
+Underflow convention: ``rsample`` keeps every coordinate at least ``finfo.tiny`` of the dtype
+(2^-24 in float16, see :func:`~discograd.distributions.exp_concrete.smallest_positive`), and
+``log_prob`` reads coordinates below that floor as the floor. A floored sample is off the
+simplex by at most K * tiny (about 1e-38 K in float32) and its log-density is that of the
+floored point, finite in every dtype. Masked categories (logit ``-inf``) sit at the floor and are
+left out of the density, which is then that of the face of the other :math:`n` categories.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.types import _size
+
+from discograd.distributions.exp_concrete import (
+    ExpConcrete,
+    TemperatureLike,
+    log_concrete_density,
+    smallest_positive,
+)
+from discograd.ops import compute_dtype
+
+__all__ = ["Concrete"]
+
+_NO_SHAPE = torch.Size()  # the default sample_shape, as in torch
+
+
+class Concrete(Distribution):
+    r"""Relaxed one-hot categorical: points of the simplex that concentrate on its vertices.
+
+    Args:
+        temperature: :math:`\tau > 0`, a float or a tensor broadcastable with
+            ``logits.shape[:-1]``; the broadcast is the batch shape. As :math:`\tau \to 0`
+            samples approach one-hot vectors distributed as Categorical(softmax(logits)); as
+            :math:`\tau \to \infty` they approach the centre (1/K, ..., 1/K).
+        logits: (..., K) unnormalized log-probabilities; ``-inf`` masks a category.
+        probs: (..., K) probabilities (instead of ``logits``); zeros mask categories.
+        validate_args: torch's validation of parameters and log_prob values (None: torch's
+            default). discograd's own checks of NaN / range run unless
+            ``discograd.set_validate_args(False)``. Half-precision samples are not on the simplex
+            to torch's 1e-6 tolerance: score them with ``validate_args=False``.
+
+    ``rsample`` and ``sample`` take an optional keyword ``generator`` (a discograd extension).
+    ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
+
+    References: Maddison, Mnih, Teh, "The Concrete Distribution", 2016;
+    Jang, Gu, Poole, "Categorical Reparameterization with Gumbel-Softmax", 2016.
+    """
+
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "logits": constraints.real_vector,
+        "probs": constraints.simplex,
+    }
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(
+        self,
+        temperature: TemperatureLike,
+        logits: Optional[Tensor] = None,
+        probs: Optional[Tensor] = None,
+        validate_args: Optional[bool] = None,
+    ) -> None:
+        self.base_dist = ExpConcrete(temperature, logits=logits, probs=probs, validate_args=False)
+        super().__init__(
+            self.base_dist.batch_shape, self.base_dist.event_shape, validate_args=validate_args
+        )
+
+    def expand(self, batch_shape: _size, _instance=None) -> Concrete:
+        new = self._get_checked_instance(Concrete, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.base_dist = self.base_dist.expand(batch_shape)
+        super(Concrete, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def __repr__(self) -> str:
+        return type(self).__name__ + repr(self.base_dist)[len(type(self.base_dist).__name__) :]
+
+    def _new(self, *args, **kwargs) -> Tensor:
+        return self.base_dist._new(*args, **kwargs)
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.base_dist.temperature
+
+    @property
+    def logits(self) -> Tensor:
+        return self.base_dist.logits
+
+    @property
+    def probs(self) -> Tensor:
+        return self.base_dist.probs
+
+    @property
+    def param_shape(self) -> torch.Size:
+        return self.base_dist.param_shape
+
+    def rsample(
+        self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """Reparameterized draws, shape ``sample_shape + batch_shape + (K,)``, entries >= tiny.
+
+        ``exp`` of :class:`ExpConcrete`'s draw with the same generator state, floored at tiny.
+        """
+        dtype = self.base_dist._dtype
+        log_x = self.base_dist._log_sample(sample_shape, generator)
+        return log_x.exp().clamp_min(smallest_positive(dtype)).to(dtype)
+
+    def sample(
+        self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-density at points ``value`` (..., K); coordinates below tiny count as tiny."""
+        if self._validate_args:
+            self._validate_sample(value)
+        dtype = torch.promote_types(self.base_dist._dtype, value.dtype)
+        work = compute_dtype(dtype)
+        log_x = value.to(work).clamp_min(smallest_positive(value.dtype)).log()
+        logits = self.logits.to(work)
+        # Change of variables y = log x: p(x) = p_Y(log x) / prod_k x_k over the unmasked k.
+        masked = torch.isneginf(logits)
+        log_jacobian = torch.where(masked, log_x.new_zeros(()), log_x).sum(-1)
+        log_p = log_concrete_density(logits, self.temperature.to(work), log_x) - log_jacobian
+        return log_p.to(dtype)

@@ -1,0 +1,245 @@
+r"""ExpConcrete: the Concrete distribution in log-simplex coordinates (Maddison et al., 2016).
+
+With :math:`G_k \sim \mathrm{Gumbel}(0, 1)` independent and temperature :math:`\tau > 0`,
+
+.. math:: y = \mathrm{log\_softmax}((\theta + G) / \tau),\qquad \mathrm{logsumexp}(y) = 0,
+
+so :math:`x = \exp(y)` is a Concrete (Gumbel-softmax) sample. Over the :math:`n - 1` free
+coordinates, with :math:`\pi = \mathrm{softmax}(\theta)`, the density is
+
+.. math:: \log p(y) = \log (n-1)! + (n-1)\log\tau
+          + \sum_k (\log\pi_k - \tau y_k) - n\,\mathrm{logsumexp}_i(\log\pi_i - \tau y_i),
+
+the same as ``torch.distributions.relaxed_categorical.ExpRelaxedCategorical``. Working with
+:math:`y` keeps log-densities (e.g. in KL terms) accurate at low temperatures, where the
+coordinates of :math:`x` underflow.
+
+Masked categories (logit ``-inf``, probability 0) never carry mass: their coordinate is the
+most negative finite number of the dtype (``finfo.min``, standing for :math:`\log 0`), and the
+density is that of the face spanned by the other :math:`n` categories.
+
+This module also holds the parameter handling that :class:`~discograd.distributions.Concrete`
+shares with :class:`ExpConcrete`.
+
+References: C. J. Maddison, A. Mnih, Y. W. Teh, "The Concrete Distribution: A Continuous
+Relaxation of Discrete Random Variables", 2016 (ICLR 2017); E. Jang, S. Gu, B. Poole,
+"Categorical Reparameterization with Gumbel-Softmax", 2016 (ICLR 2017).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property
+from torch.types import _size
+
+from discograd._validation import check_logits, check_probs, check_tau
+from discograd.ops import compute_dtype, gumbel_noise
+
+__all__ = ["ExpConcrete"]
+
+_NO_SHAPE = torch.Size()  # the default sample_shape, as in torch
+
+TemperatureLike = Union[float, Tensor]
+
+
+def smallest_positive(dtype: torch.dtype) -> float:
+    """The floor for coordinates that underflow: ``finfo.tiny``, except in float16.
+
+    float16's smallest normal number (6.1e-5) is coarser than its rounding near 1 (4.9e-4 / 2
+    relative), so flooring K coordinates there would move a sample off the simplex by up to
+    K * 6.1e-5; its smallest subnormal, 2^-24, is used instead.
+    """
+    if dtype == torch.float16:
+        return 2.0**-24
+    return torch.finfo(dtype).tiny
+
+
+def concrete_params(
+    temperature: TemperatureLike,
+    logits: Optional[Tensor],
+    probs: Optional[Tensor],
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], torch.Size]:
+    """Check and broadcast (temperature, logits or probs) of a Concrete-type distribution.
+
+    Returns the temperature (batch_shape), normalized logits or probs (batch_shape + (K,)),
+    and batch_shape: the broadcast of ``temperature``'s shape and ``logits.shape[:-1]``.
+    """
+    if (logits is None) == (probs is None):
+        raise ValueError("exactly one of logits or probs must be given")
+    check_tau(temperature, name="temperature")
+    if logits is not None:
+        check_logits(logits, name="logits", dim=-1)
+        # Normalized like torch's Categorical, so that logits.exp() are the probabilities.
+        logits = logits - logits.logsumexp(-1, keepdim=True)
+        param = logits
+    else:
+        if not isinstance(probs, Tensor) or not probs.is_floating_point():
+            raise ValueError("probs must be a floating-point torch.Tensor")
+        if probs.dim() == 0:
+            raise ValueError("probs must have at least one dimension (the categories)")
+        check_probs(probs, name="probs", dim=-1)
+        probs = probs / probs.sum(-1, keepdim=True)
+        param = probs
+    if not isinstance(temperature, Tensor):
+        temperature = torch.tensor(float(temperature), dtype=param.dtype, device=param.device)
+    elif not temperature.is_floating_point():
+        temperature = temperature.to(param.dtype)
+    try:
+        batch_shape = torch.broadcast_shapes(temperature.shape, param.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"temperature of shape {tuple(temperature.shape)} does not broadcast with the batch "
+            f"shape {tuple(param.shape[:-1])} of {'logits' if probs is None else 'probs'}"
+        ) from None
+    full = batch_shape + param.shape[-1:]
+    temperature = temperature.expand(batch_shape)
+    if logits is not None:
+        return temperature, logits.expand(full), None, batch_shape
+    return temperature, None, param.expand(full), batch_shape
+
+
+def tempered_scores(logits: Tensor, noise: Tensor, tau: Tensor) -> Tensor:
+    """(logits + noise) / tau, with masked (-inf) logits kept at -inf.
+
+    The masked entries are computed from a finite stand-in: dividing -inf by tau would give a
+    NaN gradient for tau (0 * inf) even though the entry's gradient is zero.
+    """
+    masked = torch.isneginf(logits)
+    safe = torch.where(masked, torch.zeros_like(logits), logits)
+    return torch.where(masked, logits, (safe + noise) / tau)
+
+
+def log_concrete_sample(
+    logits: Tensor,
+    tau: Tensor,
+    shape: torch.Size,
+    generator: Optional[torch.Generator],
+) -> Tensor:
+    """log_softmax((logits + G) / tau) of shape ``shape``, in the compute dtype (see ops)."""
+    work = compute_dtype(torch.promote_types(logits.dtype, tau.dtype))
+    noise = gumbel_noise(shape, generator=generator, dtype=work, device=logits.device)
+    scores = tempered_scores(logits.to(work), noise, tau.to(work).unsqueeze(-1))
+    return torch.log_softmax(scores, -1)
+
+
+def log_concrete_density(logits: Tensor, tau: Tensor, log_x: Tensor) -> Tensor:
+    """ExpConcrete log-density at ``log_x`` (broadcastable to logits), summed over unmasked k."""
+    logits, log_x = torch.broadcast_tensors(logits, log_x)
+    tau = tau.unsqueeze(-1)
+    masked = torch.isneginf(logits)
+    zero = torch.zeros((), dtype=log_x.dtype, device=log_x.device)
+    score = torch.where(masked, zero, logits) - tau * torch.where(masked, zero, log_x)
+    n = (~masked).sum(-1, keepdim=True).to(score.dtype)
+    lse = torch.where(masked, float("-inf"), score).logsumexp(-1, keepdim=True)
+    log_scale = torch.lgamma(n) + (n - 1) * tau.log()
+    total = torch.where(masked, zero, score).sum(-1, keepdim=True)
+    return (log_scale + total - n * lse).squeeze(-1)
+
+
+class ExpConcrete(Distribution):
+    r"""Log of a Concrete / Gumbel-softmax sample: a point :math:`y` with logsumexp(y) = 0.
+
+    Args:
+        temperature: :math:`\tau > 0`, a float or a tensor broadcastable with
+            ``logits.shape[:-1]``; the broadcast is the batch shape.
+        logits: (..., K) unnormalized log-probabilities; ``-inf`` masks a category.
+        probs: (..., K) probabilities (instead of ``logits``); zeros mask categories.
+        validate_args: torch's validation of parameters and log_prob values (None: torch's
+            default). discograd's own checks of NaN / range run unless
+            ``discograd.set_validate_args(False)``.
+
+    ``rsample`` and ``sample`` take an optional keyword ``generator`` (a discograd extension).
+    ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
+    """
+
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "logits": constraints.real_vector,
+        "probs": constraints.simplex,
+    }
+    support = constraints.real_vector  # the true support is the manifold logsumexp(y) = 0
+    has_rsample = True
+
+    def __init__(
+        self,
+        temperature: TemperatureLike,
+        logits: Optional[Tensor] = None,
+        probs: Optional[Tensor] = None,
+        validate_args: Optional[bool] = None,
+    ) -> None:
+        self.temperature, logits, probs, batch_shape = concrete_params(temperature, logits, probs)
+        if logits is not None:
+            self.logits = logits
+            self._param = logits
+        else:
+            self.probs = probs
+            self._param = probs
+        super().__init__(batch_shape, self._param.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape: _size, _instance=None) -> ExpConcrete:
+        new = self._get_checked_instance(ExpConcrete, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.temperature = self.temperature.expand(batch_shape)
+        full = batch_shape + self.event_shape
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(full)
+            new._param = new.logits
+        if "probs" in self.__dict__:
+            new.probs = self.probs.expand(full)
+            new._param = new.probs
+        super(ExpConcrete, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _new(self, *args, **kwargs) -> Tensor:
+        return self._param.new(*args, **kwargs)
+
+    @lazy_property
+    def logits(self) -> Tensor:
+        return self.probs.log()
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return torch.softmax(self.logits, -1)
+
+    @property
+    def param_shape(self) -> torch.Size:
+        return self._param.shape
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return torch.promote_types(self._param.dtype, self.temperature.dtype)
+
+    def rsample(
+        self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """Reparameterized draws, shape ``sample_shape + batch_shape + (K,)``.
+
+        Coordinates below ``finfo.min`` of the dtype (masked categories, or float16 overflow at
+        very low temperature) are set to ``finfo.min``, so every draw is finite.
+        """
+        y = self._log_sample(sample_shape, generator)
+        return y.clamp_min(torch.finfo(self._dtype).min).to(self._dtype)
+
+    def _log_sample(self, sample_shape: _size, generator: Optional[torch.Generator]) -> Tensor:
+        """The draw in the compute dtype (float32 for half precision), masked entries -inf."""
+        shape = self._extended_shape(sample_shape)
+        return log_concrete_sample(self.logits, self.temperature, shape, generator)
+
+    def sample(
+        self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-density at log-simplex points ``value`` (..., K); masked coordinates are ignored."""
+        if self._validate_args:
+            self._validate_sample(value)
+        work = compute_dtype(torch.promote_types(self._dtype, value.dtype))
+        out = log_concrete_density(self.logits.to(work), self.temperature.to(work), value.to(work))
+        return out.to(torch.promote_types(self._dtype, value.dtype))
