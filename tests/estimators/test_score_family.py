@@ -173,7 +173,7 @@ def test_nvil_first_call_is_reinforce_and_updates_after_use():
 def test_nvil_normalized_gradient_is_the_unnormalized_one_over_max_1_sqrt_v():
     problem = categorical_problems()[2]
     loud = lambda z: 5.0 * problem.f(z)  # noqa: E731  a signal with variance well above 1
-    est = NVIL(hidden=8)
+    est = NVIL(hidden=8, normalize=True)
     for seed in range(3):  # training mode: the moving averages move
         grad_draws(est, loud, problem.logits, 500, generator=torch.Generator().manual_seed(seed))
     est.eval()

@@ -51,16 +51,22 @@ def available() -> List[str]:
     return sorted(_REGISTRY)
 
 
+def estimator_class(name: str) -> Type[Estimator]:
+    """The class registered as ``name``, without building it."""
+    key = str(name).lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown estimator {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[key]
+
+
 def get(name: Union[str, Estimator], **options) -> Estimator:
     """Build the estimator registered as ``name`` with ``options`` (an Estimator passes through)."""
     if isinstance(name, Estimator):
         if options:
             raise ValueError("options cannot be given together with an Estimator instance")
         return name
-    key = str(name).lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown estimator {name!r}; available: {', '.join(available())}")
-    cls = _REGISTRY[key]
+    cls = estimator_class(name)
+    key = cls.name
     params = inspect.signature(cls.__init__).parameters
     unknown = [k for k in options if k not in params]
     if unknown:

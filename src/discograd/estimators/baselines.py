@@ -22,8 +22,24 @@ from discograd.estimators._family import Family
 
 
 def baseline_features(family: Family, out_ndim: int) -> Tensor:
-    """Detached inputs for an input-dependent baseline: (*out_shape, F), one row per output."""
-    x = family.logits if hasattr(family, "logits") else family.mean()
+    """Detached inputs for an input-dependent baseline: (*out_shape, F), one row per output.
+
+    The logits; for a torch Distribution its mean, or its logits where the mean has no closed
+    form (Concrete, RelaxedOneHotCategorical).
+    """
+    if hasattr(family, "logits"):
+        x = family.logits
+    else:
+        try:
+            x = family.mean()
+        except NotImplementedError:
+            dist = family.dist  # type: ignore[attr-defined]
+            if not hasattr(dist, "logits"):
+                raise ValueError(
+                    f"an input-dependent baseline needs the mean or the logits of the "
+                    f"distribution; {type(dist).__name__} has neither"
+                ) from None
+            x = dist.logits
     out_shape = tuple(family.row_shape[:out_ndim])
     # A masked (-inf) logit would make a network's output NaN; far below any live logit will do.
     return x.detach().clamp_min(-30.0).reshape(out_shape + (-1,))

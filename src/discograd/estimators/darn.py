@@ -33,6 +33,7 @@ Bernoulli only.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -67,8 +68,10 @@ class DARN(Estimator):
         super().__init__()
         self.n_samples = check_n_samples(n_samples)
         ok = center is None or center == "mean" or isinstance(center, (int, float))
+        if isinstance(center, (int, float)) and not math.isfinite(center):
+            ok = False  # a NaN / inf centre makes every surrogate and gradient NaN
         if not ok or isinstance(center, bool):
-            raise ValueError(f"center must be None, a float or 'mean', got {center!r}")
+            raise ValueError(f"center must be None, a finite float or 'mean', got {center!r}")
         self.center = center
 
     def _center(self, family: Family) -> Union[float, Tensor]:
