@@ -1,0 +1,249 @@
+"""The shared training loop: resume is exact, checkpoints are atomic, failures are loud."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import pytest
+import torch
+from torch import nn
+
+from discograd.estimators import get
+from discograd.schedules import ExponentialDecay
+from discograd.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    TrainConfig,
+    epoch_batches,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+    seeded,
+)
+
+
+class Crash(Exception):
+    """Stands for a killed process in the middle of a run."""
+
+
+class Toy:
+    """3 categorical latents of 4 classes from an encoder with dropout (the global generator),
+    decoded linearly, squared error to a dynamically binarized batch; 37 examples, so batches
+    of 5 leave a short last batch and an epoch ends after 8 steps."""
+
+    def __init__(self, estimator: nn.Module, crash_at: Optional[int] = None, nan_at=None):
+        with seeded(0):
+            self.model = nn.ModuleDict(
+                {
+                    "enc": nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.Linear(8, 12)),
+                    "dec": nn.Linear(12, 6),
+                }
+            )
+            self.data = torch.rand(37, 6)
+        self.estimator = estimator
+        self.crash_at, self.nan_at = crash_at, nan_at
+
+    def batches(self, batch_size, generator):
+        return epoch_batches(self.data, batch_size, generator, binarize=True)
+
+    def loss(self, batch, step, generator):
+        if step == self.crash_at:
+            raise Crash
+        logits = self.model["enc"](batch).unflatten(-1, (3, 4))
+
+        def f(z):
+            return ((self.model["dec"](z.flatten(-2)) - batch) ** 2).sum(-1)
+
+        value = self.estimator(f, logits, generator=generator).mean()
+        if self.nan_at is not None and step >= self.nan_at:
+            value = value * float("nan")
+        return value, {"f": value.detach()}
+
+    def evaluate(self, split, generator):
+        return {"value": float(self.loss(self.data, -1, generator)[0]), "n": 37}
+
+    def config_dict(self):
+        return {"kind": "toy", "estimator": self.estimator.name}
+
+
+ESTIMATORS = {
+    # A state buffer (the moving-average baseline) and a temperature schedule's step counter.
+    "reinforce-ema": lambda: get("reinforce", baseline="ema"),
+    "gumbel-annealed": lambda: get("gumbel-softmax", tau=ExponentialDecay(1.0, 0.05, 0.3, 2)),
+}
+
+
+def config(tmp_path, **kw) -> TrainConfig:
+    base = dict(steps=12, batch_size=5, lr=0.05, eval_every=3, ckpt_every=4, log_every=2)
+    base.update(kw)
+    return TrainConfig(out_dir=str(tmp_path), quiet=True, **base)
+
+
+def params(exp: Toy) -> dict:
+    state = {f"model.{k}": v for k, v in exp.model.state_dict().items()}
+    state.update({f"est.{k}": v for k, v in exp.estimator.state_dict().items()})
+    return state
+
+
+def rows(path, drop=("time",)):
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
+
+
+@pytest.mark.parametrize("est", sorted(ESTIMATORS))
+@pytest.mark.parametrize("crash_at", [6, 10])  # resumes mid-epoch (from 4) and at its end (8)
+def test_resume_is_bit_identical(tmp_path, est, crash_at):
+    full = Toy(ESTIMATORS[est]())
+    fit(full, config(tmp_path / "full"))
+
+    with pytest.raises(Crash):
+        fit(Toy(ESTIMATORS[est](), crash_at=crash_at), config(tmp_path / "cut"))
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 4 * (crash_at // 4)
+    resumed = Toy(ESTIMATORS[est]())
+    fit(resumed, config(tmp_path / "cut", resume=True))
+
+    a, b = params(full), params(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert int(resumed.estimator.num_steps) == 12  # estimator.step() once per optimizer step
+    # The metrics file reads as one uninterrupted run.
+    assert rows(tmp_path / "full") == rows(tmp_path / "cut")
+
+
+@pytest.mark.parametrize("drop", ["noise", "global", "data"])
+def test_resume_negative_control(tmp_path, drop):
+    # Resume from a checkpoint whose noise generator, global generator or data position was
+    # replaced by a fresh one: the comparison above must then fail.
+    full = Toy(ESTIMATORS["reinforce-ema"]())
+    fit(full, config(tmp_path / "full"))
+    with pytest.raises(Crash):
+        fit(Toy(ESTIMATORS["reinforce-ema"](), crash_at=6), config(tmp_path / "cut"))
+    path = tmp_path / "cut" / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    fresh = torch.Generator().manual_seed(123).get_state()
+    if drop == "data":  # back to the start of the epoch, consistently
+        ckpt["data"].update(index=0, state=ckpt["data"]["epoch_start"])
+    else:
+        ckpt["rng"][drop] = fresh
+    save_checkpoint(ckpt, path)
+    resumed = Toy(ESTIMATORS["reinforce-ema"]())
+    fit(resumed, config(tmp_path / "cut", resume=True))
+    assert not all(torch.equal(v, params(resumed)[k]) for k, v in params(full).items())
+
+
+def test_same_seed_same_run_and_evaluation_does_not_move_training(tmp_path):
+    a, b, c = (Toy(ESTIMATORS["gumbel-annealed"]()) for _ in range(3))
+    fit(a, config(tmp_path / "a", eval_every=0))
+    fit(b, config(tmp_path / "b", eval_every=1))
+    fit(c, config(tmp_path / "c", seed=1))
+    assert all(torch.equal(v, params(b)[k]) for k, v in params(a).items())
+    assert not all(torch.equal(v, params(c)[k]) for k, v in params(a).items())
+
+
+def test_fit_leaves_global_rng_alone(tmp_path):
+    before = torch.get_rng_state()
+    fit(Toy(get("st")), config(tmp_path, steps=3))
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_files_and_keys(tmp_path):
+    fit(Toy(ESTIMATORS["gumbel-annealed"]()), config(tmp_path, steps=6))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert set(cfg) == {"train", "experiment", "versions"}
+    assert {"steps", "batch_size", "lr", "seed", "eval_every", "ckpt_every"} <= set(cfg["train"])
+    assert cfg["experiment"] == {"kind": "toy", "estimator": "gumbel-softmax"}
+
+    table = rows(tmp_path, drop=())
+    train = [r for r in table if r["split"] == "train"]
+    evals = [r for r in table if r["split"] == "valid"]
+    final = [r for r in table if r.get("final")]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert set(train[0]) == {"step", "time", "split", "loss", "f", "estimator", "temperature"}
+    assert train[0]["estimator"] == "gumbel-softmax"
+    # ExponentialDecay(1.0, rate 0.05, floor 0.3, every 2) at the step the row was logged.
+    assert train[1]["temperature"] == pytest.approx(ExponentialDecay(1.0, 0.05, 0.3, 2)(3))
+    assert [r["step"] for r in evals if not r.get("final")] == [3]
+    assert {(r["split"], r["step"]) for r in final} == {("valid", 6), ("test", 6)}
+    assert set(final[0]) == {"step", "time", "split", "value", "n", "final"}
+    assert all(r["time"] >= 0 for r in table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"a": torch.ones(3)}, path)
+
+    def dies_halfway(obj, fh):
+        fh.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"a": torch.zeros(3)}, path)
+    # Negative control: writing in place, as a naive loop would, destroys the good checkpoint.
+    naive = tmp_path / "naive.pt"
+    naive.write_bytes(path.read_bytes())
+    with pytest.raises(OSError), open(naive, "wb") as fh:
+        torch.save({"a": torch.zeros(3)}, fh)
+    monkeypatch.undo()
+
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "naive.pt"]
+    with pytest.raises(CheckpointError, match="naive.pt"):
+        load_checkpoint(naive)
+
+
+def test_inconsistent_data_position_is_an_error(tmp_path):
+    fit(Toy(get("st")), config(tmp_path, steps=4))
+    path = tmp_path / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    ckpt["data"]["index"] = 1  # the generator state saved no longer follows from the replay
+    save_checkpoint(ckpt, path)
+    with pytest.raises(CheckpointError, match="did not reproduce"):
+        fit(Toy(get("st")), config(tmp_path, steps=8, resume=True))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign"])
+def test_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, damage):
+    fit(Toy(get("st")), config(tmp_path, steps=4))
+    path = tmp_path / "checkpoint.pt"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00" * 100)
+    else:
+        torch.save({"weights": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        fit(Toy(get("st")), config(tmp_path, steps=8, resume=True))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    fit(Toy(get("st")), config(tmp_path, steps=4))
+    with pytest.raises(CheckpointError, match="train.lr"):
+        fit(Toy(get("st")), config(tmp_path, steps=8, lr=0.01, resume=True))
+    # Settings that do not change the trajectory may change: here, more steps.
+    assert fit(Toy(get("st")), config(tmp_path, steps=8, resume=True)).step == 8
+
+
+def test_nan_loss_stops_early_naming_the_step(tmp_path):
+    exp = Toy(get("st"), nan_at=3)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 4"):
+        fit(exp, config(tmp_path))
+    assert all(torch.isfinite(p).all() for p in exp.model.parameters())
+    last = rows(tmp_path)[-1]
+    assert last["event"] == "stopped" and last["step"] == 4
+
+
+def test_bad_config_is_a_value_error():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="out_dir"):
+        TrainConfig(resume=True)
