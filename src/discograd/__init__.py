@@ -1,6 +1,6 @@
 """discograd: sampling, relaxing and differentiating through discrete random variables."""
 
-from discograd import distributions, estimators, schedules
+from discograd import distributions, estimators, nn, schedules
 from discograd._validation import set_validate_args
 from discograd._version import __version__
 from discograd.ops import (
@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "distributions",
     "estimators",
+    "nn",
     "schedules",
     "gumbel_max",
     "gumbel_noise",

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 # Subcommand modules, in the order ``discograd --help`` lists them.
-COMMANDS = ("vae", "diagnose")
+COMMANDS = ("vae", "diagnose", "gan", "toy", "sbn", "semisup", "compare", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
