@@ -139,8 +139,13 @@ class BinaryConcrete(Distribution):
 
     @lazy_property
     def logits(self) -> Tensor:
-        # Exact (no clamping): probs 0 and 1 give logits -inf and +inf.
-        return self.probs.log() - torch.log1p(-self.probs)
+        # Exact (no clamping): probs 0 and 1 give logits -inf and +inf, with gradient 0 there
+        # (the samples no longer depend on them), not 0 * inf = NaN.
+        p = self.probs
+        inside = (p > 0) & (p < 1)
+        safe = torch.where(inside, p, torch.full_like(p, 0.5))
+        edge = torch.where(p > 0, float("inf"), float("-inf")).to(p.dtype)
+        return torch.where(inside, safe.log() - torch.log1p(-safe), edge)
 
     @lazy_property
     def probs(self) -> Tensor:

@@ -200,7 +200,11 @@ class ExpConcrete(Distribution):
 
     @lazy_property
     def logits(self) -> Tensor:
-        return self.probs.log()
+        # A zero probability gives logit -inf with gradient 0: log's 1/p there would turn the
+        # masked category's zero gradient into 0 * inf = NaN for every parameter behind probs.
+        live = self.probs > 0
+        safe = torch.where(live, self.probs, torch.ones_like(self.probs))
+        return torch.where(live, safe.log(), float("-inf"))
 
     @lazy_property
     def probs(self) -> Tensor:
