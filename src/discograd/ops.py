@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from discograd import kernels as _kernels
 from discograd._validation import TauLike, check_logits, check_positive_int, check_tau
 
 __all__ = [
@@ -84,6 +85,9 @@ def gumbel_noise(
         [-3.6, 37.4] in float64; the probability outside these ranges is below 2^-24 and
         2^-53, the resolution of the underlying uniform generator.
     """
+    fast = _kernels.gumbel_noise(shape_or_tensor, generator, dtype, device)
+    if fast is not None:  # fused kernel for this device and dtype (discograd.kernels)
+        return fast
     if isinstance(shape_or_tensor, Tensor):
         shape = shape_or_tensor.shape
         dtype = shape_or_tensor.dtype if dtype is None else dtype
@@ -148,6 +152,9 @@ def gumbel_max(
     Returns:
         int64 indices with ``dim`` removed, or one-hot samples shaped like ``logits``.
     """
+    fast = _kernels.gumbel_max(logits, dim, generator, one_hot)
+    if fast is not None:  # fused kernel for this device and dtype (discograd.kernels)
+        return fast
     scores = _perturbed(logits, dim, generator)
     index = scores.argmax(dim, keepdim=True)
     if one_hot:
@@ -214,6 +221,9 @@ def gumbel_softmax(
         A tensor shaped like ``logits``, in its dtype.
     """
     del eps
+    fast = _kernels.gumbel_softmax(logits, tau, hard, dim, generator)
+    if fast is not None:  # fused kernel for this device and dtype (discograd.kernels)
+        return fast
     tau_ = _tau_for(tau, logits, dim)
     scores = _perturbed(logits, dim, generator)
     soft = torch.softmax(_tempered(scores, tau_), dim)

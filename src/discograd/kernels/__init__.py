@@ -1,0 +1,258 @@
+r"""Fast paths for Gumbel noise, Gumbel-max and Gumbel-softmax, chosen by device and dtype.
+
+:func:`discograd.gumbel_softmax`, :func:`discograd.gumbel_max` and :func:`discograd.gumbel_noise`
+call :func:`gumbel_softmax`, :func:`gumbel_max` and :func:`gumbel_noise` here first; these
+return ``None`` when no fast path applies, and the pure-PyTorch reference in
+:mod:`discograd.ops` runs instead.
+
+- CPU (float32, float64, float16, bfloat16): a fused C++ kernel, compiled at first use
+  (:mod:`discograd.kernels.cpu`). One pass per row draws Philox-4x32-10 noise keyed by a seed,
+  adds it, and takes the softmax (and the exact one-hot for ``hard=True``); the backward reads
+  only the saved soft sample: :math:`\nabla_x = y \odot (g - \langle g, y\rangle)/\tau`.
+- CUDA (float32, float16, bfloat16): the same in Triton (:mod:`discograd.kernels.triton_gs`),
+  when Triton is installed.
+
+Both draw the uniform at the midpoint of its grid cell and use the ``log1p`` branch for
+:math:`u > 1/2` exactly as :func:`discograd.ops.standard_exponential`, so samples are identical
+in distribution to the reference and finite for every draw; the random stream differs (a
+Philox stream instead of ``torch.rand``). Reproducibility: the 64-bit Philox key is drawn from
+``generator`` (or the global generator, which thereby advances), so the same generator state
+gives the same sample.
+
+``DISCOGRAD_DISABLE_KERNELS=1`` forces the reference path; :func:`status` says which path each
+device uses and why. Forward-mode AD and torch.func transforms use the reference path too.
+
+Under ``torch.compile(fullgraph=True)`` the kernels are custom operators with shape functions
+and registered autograd, so they trace without graph breaks; the data-dependent content checks
+of the logits (NaN, +inf, fully masked rows) are skipped there, and a ``torch.Generator``
+argument cannot be traced by Dynamo (as with ``torch.rand``): compiled code draws from the
+global generator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+
+from discograd._validation import check_logits, check_tau, validate_args_enabled
+
+__all__ = ["DISABLE_ENV", "gumbel_max", "gumbel_noise", "gumbel_softmax", "status"]
+
+DISABLE_ENV = "DISCOGRAD_DISABLE_KERNELS"
+CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ShapeLike = Union[int, Sequence[int], torch.Size]
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # pyright: ignore
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _constant_under_compile(fn):
+    """What ``torch.compiler.assume_constant_result`` does: Dynamo calls ``fn`` once while
+    tracing and uses its result as a constant (the build/load code is not traceable). Set
+    directly, since calling the torch.compiler helper imports torch._dynamo at import time.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_under_compile
+def _cpu_ready() -> bool:
+    if _disabled():
+        return False
+    from discograd.kernels import cpu
+
+    return cpu.load()[0]
+
+
+@_constant_under_compile
+def _cuda_ready() -> bool:
+    if _disabled():
+        return False
+    from discograd.kernels import triton_gs
+
+    return triton_gs.load()[0]
+
+
+def status() -> Dict[str, Dict[str, str]]:
+    """Which path each device uses, and why: ``{"cpu": {"path", "reason"}, "cuda": {...}}``.
+
+    ``path`` is ``"fast"`` or ``"reference"``. Asking builds the CPU kernel if it is not built
+    yet (once per environment).
+    """
+    out: Dict[str, Dict[str, str]] = {}
+    if _disabled():
+        reason = f"{DISABLE_ENV} is set"
+        return {d: {"path": "reference", "reason": reason} for d in ("cpu", "cuda")}
+    from discograd.kernels import cpu, triton_gs
+
+    for device, loader in (("cpu", cpu.load), ("cuda", triton_gs.load)):
+        ok, why = loader()
+        out[device] = {"path": "fast" if ok else "reference", "reason": why}
+    return out
+
+
+def _eligible(t: Tensor) -> bool:
+    """A fast path exists for this tensor's device and dtype (and it is not empty).
+
+    The operators define no forward-mode derivative and no vmap rule, so torch.func
+    transforms (vmap, jvp, ...) and forward-mode AD keep the reference path.
+    """
+    if t.numel() == 0:
+        return False
+    if not torch.compiler.is_compiling() and (
+        forward_ad._current_level >= 0 or _functorch_wrapped(t)
+    ):
+        return False
+    if t.device.type == "cpu":
+        return t.dtype in CPU_DTYPES and _cpu_ready()
+    if t.device.type == "cuda":
+        return t.dtype in CUDA_DTYPES and _cuda_ready()
+    return False
+
+
+def _seed(generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    """A one-element int64 Philox key, drawn from ``generator`` or the global generator."""
+    # randint rather than random_(): torch.compile traces it (random_ is a graph break).
+    return torch.randint(
+        -(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device, generator=generator
+    )
+
+
+def _validate_logits(logits: Tensor, dim: int) -> None:
+    """The checks of :func:`discograd._validation.check_logits`, in one cheap pass.
+
+    ``check_logits`` makes three elementwise passes with temporaries (about 16 ms for
+    4096 x 1000 on one core, more than the fused kernel itself). One sum decides the common
+    cases: an entry that is NaN or +inf makes the sum NaN or +inf, so a sum that is finite or
+    -inf rules both out; a finite sum also rules out -inf entries (hence fully masked rows),
+    and with a -inf sum one row-wise max finds the fully masked rows. Anything else (an
+    overflowing sum, a bad entry) goes to ``check_logits``, which raises its usual error.
+    Content checks are data-dependent branches that torch.compile(fullgraph=True) cannot
+    trace: compiled code gets the cheap checks only, like ``set_validate_args(False)``.
+    """
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() == 0:
+        raise ValueError("logits must have at least one dimension (the categories)")
+    if torch.compiler.is_compiling() or not validate_args_enabled():
+        return
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    total = float(logits.detach().sum(dtype=acc))
+    if math.isfinite(total):
+        return
+    if total == -math.inf and bool((logits.amax(dim) > -math.inf).all()):
+        return
+    check_logits(logits, dim=dim)
+
+
+def _rows(logits: Tensor, dim: int) -> Tensor:
+    """(B, K) contiguous rows with categories last."""
+    return logits.movedim(dim, -1).reshape(-1, logits.shape[dim]).contiguous()
+
+
+def _tau_rows(tau: Tensor, logits: Tensor, dim: int) -> Tensor:
+    """One temperature per row of :func:`_rows`, in the compute dtype (gradients flow back)."""
+    if not torch.compiler.is_compiling():
+        check_tau(tau)
+    dim = dim % logits.dim()
+    batch_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
+    try:
+        if torch.broadcast_shapes(tau.shape, batch_shape) != batch_shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(
+            f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
+            f"{tuple(batch_shape)} of logits (logits' shape without dim={dim})"
+        ) from None
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return tau.to(device=logits.device, dtype=acc).expand(batch_shape).reshape(-1).contiguous()
+
+
+def gumbel_softmax(
+    logits: Tensor,
+    tau: Union[float, Tensor],
+    hard: bool,
+    dim: int,
+    generator: Optional[torch.Generator],
+) -> Optional[Tensor]:
+    """Fused Gumbel-softmax, or ``None`` where no fast path applies (see the module doc)."""
+    if not isinstance(logits, Tensor) or not _eligible(logits):
+        return None
+    if isinstance(tau, Tensor):
+        tau_rows: Optional[Tensor] = _tau_rows(tau, logits, dim)
+        tau_value = 1.0
+    else:
+        check_tau(tau)
+        tau_rows, tau_value = None, float(tau)
+    _validate_logits(logits, dim)
+    moved_shape = logits.movedim(dim, -1).shape
+    rows = _rows(logits, dim)
+    seed = _seed(generator, logits.device)
+    if hard:
+        out, _ = torch.ops.discograd.gumbel_softmax_hard(rows, seed, tau_value, tau_rows)
+    else:
+        out = torch.ops.discograd.gumbel_softmax(rows, seed, tau_value, tau_rows)
+    return out.reshape(moved_shape).movedim(-1, dim)
+
+
+def gumbel_max(
+    logits: Tensor, dim: int, generator: Optional[torch.Generator], one_hot: bool
+) -> Optional[Tensor]:
+    """Fused Gumbel-max (indices or one-hot), or ``None`` where no fast path applies."""
+    if not isinstance(logits, Tensor) or not _eligible(logits):
+        return None
+    _validate_logits(logits, dim)
+    moved_shape = logits.movedim(dim, -1).shape
+    seed = _seed(generator, logits.device)
+    index = torch.ops.discograd.gumbel_argmax(_rows(logits, dim), seed).reshape(moved_shape[:-1])
+    if one_hot:
+        return torch.zeros_like(logits).scatter_(dim, index.unsqueeze(dim), 1.0)
+    return index
+
+
+def gumbel_noise(
+    shape_or_tensor: Union[ShapeLike, Tensor],
+    generator: Optional[torch.Generator],
+    dtype: Optional[torch.dtype],
+    device: Optional[Union[torch.device, str]],
+) -> Optional[Tensor]:
+    """Gumbel noise from the Philox kernel, or ``None`` where no fast path applies.
+
+    The noise of a tensor of shape (..., K) is that of its (prod(...), K) rows, the same
+    noise :func:`gumbel_softmax` adds for the same seed.
+    """
+    if isinstance(shape_or_tensor, Tensor):
+        shape = tuple(shape_or_tensor.shape)
+        dtype = shape_or_tensor.dtype if dtype is None else dtype
+        device = shape_or_tensor.device if device is None else device
+    elif isinstance(shape_or_tensor, int):
+        shape = (shape_or_tensor,)
+    else:
+        try:
+            shape = tuple(int(s) for s in shape_or_tensor)
+        except TypeError:
+            return None
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    device = torch.empty(0).device if device is None else torch.device(device)
+    numel = math.prod(shape)
+    if numel <= 0 or any(s < 0 for s in shape):
+        return None
+    if device.type == "cpu":
+        if dtype not in CPU_DTYPES or not _cpu_ready():
+            return None
+    elif device.type == "cuda":
+        if dtype not in CUDA_DTYPES or not _cuda_ready():
+            return None
+    else:
+        return None
+    cols = shape[-1] if shape else 1
+    seed = _seed(generator, device)
+    return torch.ops.discograd.gumbel_noise(seed, numel // cols, cols, dtype).reshape(shape)

@@ -1,0 +1,915 @@
+// Fused CPU kernels for Gumbel noise, Gumbel-max and Gumbel-softmax (discograd.kernels).
+//
+// Noise. Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11),
+// keyed by a 64-bit seed drawn from a torch.Generator. Element f = row * K + column of the
+// (rows, K) input draws from the 64-bit counter
+//     ctr = 16 * (f / 64) + f % 16,  word (f % 64) / 16                       (float32),
+//     ctr = 16 * (f / 32) + f % 16,  words 2h and 2h + 1, h = (f % 32) / 16   (float64),
+// so 16 consecutive counters fill a chunk of 64 (32) consecutive elements with no waste,
+// whatever the row length. The noise of an element depends only on (seed, f): it is the same
+// whatever the thread count, and the Triton kernel draws the same words.
+//
+// A 24-bit (53-bit) word j gives the uniform at the midpoint of its grid cell,
+// u = (2j + 1) / 2^25 (2^54), never 0 or 1. E = -log u ~ Exp(1) is computed from u when
+// u < 1/2 and as -log1p(-(1 - u)) otherwise (1 - u is exact there), so small E keep full
+// precision; then G = -log E. This is the transform of discograd.ops.standard_exponential, so
+// the noise is finite for every draw: G lies in [-log(25 log 2), 25 log 2] = [-2.85, 17.33]
+// in float32 ([-3.6, 37.4] in float64). log and exp are our own branch-free polynomials
+// (about 1 ulp), which vectorize.
+//
+// Gumbel-softmax of one row (K entries, all in cache): z = x + G (written to the output),
+// m = max z, y = exp((z - m) / tau) / sum, optionally the exact one-hot of the first arg max z.
+// Backward from the saved y only: grad_x = y (g - <g, y>) / tau, and, with s = z / tau,
+// grad_tau = -(1/tau) sum_i y_i (g_i - <g, y>) log y_i (softmax is shift invariant, so log y
+// stands in for s).
+//
+// SIMD: the row loops are plain C++ over fixed 16-lane chunks, written so that GCC vectorizes
+// them (Philox's 32x32->64 products use intrinsics); they are compiled three times (AVX-512,
+// AVX2+FMA, baseline x86-64; a generic build elsewhere) and the variant is picked at load time
+// from the CPU's features. No -march flag is used. With FMA contraction the variants may
+// differ in the last bit of a sample; on one machine the output is a function of the seed.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#define DG_INLINE inline __attribute__((always_inline))
+
+namespace discograd_kernels {
+namespace {
+
+constexpr int kLanes = 16;        // Philox calls per chunk, and accumulator lanes
+constexpr int kChunk32 = 64;      // float32 columns per chunk (4 words per call)
+constexpr int kChunk64 = 32;      // float64 columns per chunk (2 words per value)
+
+template <typename T>
+DG_INLINE T bit_cast_to(const void* p) {
+  T out;
+  std::memcpy(&out, p, sizeof(T));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Philox-4x32-10 on 16 lanes. The 32x32->64 products use vpmuludq through intrinsics on x86
+// (compilers turn the portable form into slow 64-bit multiplies); `Isa` picks the variant.
+// The ISA-specific mulhilo are plain `inline` (GCC cannot force-inline target code into the
+// generic templates; it inlines them once those land in a function of the same target), and
+// take vectors by reference, since passing 64-byte vectors by value between functions of
+// different targets has different ABIs.
+
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint64_t u64x8 __attribute__((vector_size(64)));
+
+template <typename V, typename N>
+DG_INLINE N as_native(const V& v) {
+  static_assert(sizeof(V) == sizeof(N), "size mismatch");
+  N n;
+  std::memcpy(&n, &v, sizeof(N));
+  return n;
+}
+
+struct IsaGeneric {
+  using V = u32x16;
+  // hi:lo = a * m per 32-bit lane, from even/odd 64-bit products.
+  DG_INLINE static void mulhilo(const V& a, uint32_t m, V& hi, V& lo) {
+    const u64x8 a64 = as_native<V, u64x8>(a);
+    const u64x8 pe = (a64 & 0xffffffffull) * static_cast<uint64_t>(m);
+    const u64x8 po = (a64 >> 32) * static_cast<uint64_t>(m);
+    lo = as_native<u64x8, V>((pe & 0xffffffffull) | (po << 32));
+    hi = as_native<u64x8, V>((pe >> 32) | (po & 0xffffffff00000000ull));
+  }
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DG_X86_SIMD 1
+#define DG_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define DG_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,prefer-vector-width=512")))
+
+struct IsaSse2 {
+  using V = u32x4;
+  static inline void mulhilo(const V& a, uint32_t m, V& hi, V& lo) {
+    const __m128i mv = _mm_set1_epi64x(m);
+    const __m128i low = _mm_set1_epi64x(0xffffffffll);
+    const __m128i in = as_native<V, __m128i>(a);
+    const __m128i pe = _mm_mul_epu32(in, mv);
+    const __m128i po = _mm_mul_epu32(_mm_srli_epi64(in, 32), mv);
+    lo = as_native<__m128i, V>(_mm_or_si128(_mm_and_si128(pe, low), _mm_slli_epi64(po, 32)));
+    hi = as_native<__m128i, V>(_mm_or_si128(_mm_srli_epi64(pe, 32), _mm_andnot_si128(low, po)));
+  }
+};
+
+struct IsaAvx2 {
+  using V = u32x8;
+  DG_TARGET_AVX2 static inline void mulhilo(const V& a, uint32_t m, V& hi, V& lo) {
+    const __m256i mv = _mm256_set1_epi64x(m);
+    const __m256i in = as_native<V, __m256i>(a);
+    const __m256i pe = _mm256_mul_epu32(in, mv);
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(in, 32), mv);
+    lo = as_native<__m256i, V>(_mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA));
+    hi = as_native<__m256i, V>(_mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA));
+  }
+};
+
+struct IsaAvx512 {
+  using V = u32x16;
+  DG_TARGET_AVX512 static inline void mulhilo(const V& a, uint32_t m, V& hi, V& lo) {
+    const __m512i mv = _mm512_set1_epi64(m);
+    const __m512i in = as_native<V, __m512i>(a);
+    const __m512i pe = _mm512_mul_epu32(in, mv);
+    const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(in, 32), mv);
+    lo = as_native<__m512i, V>(_mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32)));
+    hi = as_native<__m512i, V>(_mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po));
+  }
+};
+#endif
+
+// Words for the 16 counters ctr, ctr + 1, ...: w[l][i] is word l of counter ctr + i. The 16
+// counters run as 16 / width independent vectors of the ISA's native width.
+template <typename Isa>
+DG_INLINE void philox16(uint64_t ctr, uint32_t k0, uint32_t k1, uint32_t w[4][kLanes]) {
+  using V = typename Isa::V;
+  constexpr int width = static_cast<int>(sizeof(V) / sizeof(uint32_t));
+  for (int h = 0; h < kLanes; h += width) {
+    V c0, c1, c2 = {}, c3 = {};
+    for (int i = 0; i < width; ++i) {
+      const uint64_t c = ctr + static_cast<uint64_t>(h + i);
+      c0[i] = static_cast<uint32_t>(c);
+      c1[i] = static_cast<uint32_t>(c >> 32);
+    }
+    uint32_t a = k0, b = k1;
+    for (int r = 0; r < 10; ++r) {
+      V h0, l0, h1, l1;
+      Isa::mulhilo(c0, 0xD2511F53u, h0, l0);
+      Isa::mulhilo(c2, 0xCD9E8D57u, h1, l1);
+      c0 = h1 ^ c1 ^ a;
+      c1 = l1;
+      c2 = h0 ^ c3 ^ b;
+      c3 = l0;
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+    std::memcpy(w[0] + h, &c0, sizeof(V));
+    std::memcpy(w[1] + h, &c1, sizeof(V));
+    std::memcpy(w[2] + h, &c2, sizeof(V));
+    std::memcpy(w[3] + h, &c3, sizeof(V));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Branch-free log and exp that vectorize. Inputs of log are positive normal numbers.
+
+// Cephes logf: x = 2^e m, m in [sqrt(1/2), sqrt(2)), log(1 + f) by a degree-9 polynomial.
+DG_INLINE float log_f32(float x) {
+  int32_t ix = bit_cast_to<int32_t>(&x);
+  int32_t e = ((ix >> 23) & 0xff) - 127;
+  int32_t im = (ix & 0x007fffff) | 0x3f800000;
+  float m = bit_cast_to<float>(&im);
+  const bool big = m > 1.41421356237f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292E-2f;
+  p = p * f - 1.1514610310E-1f;
+  p = p * f + 1.1676998740E-1f;
+  p = p * f - 1.2420140846E-1f;
+  p = p * f + 1.4249322787E-1f;
+  p = p * f - 1.6668057665E-1f;
+  p = p * f + 2.0000714765E-1f;
+  p = p * f - 2.4999993993E-1f;
+  p = p * f + 3.3333331174E-1f;
+  const float fe = static_cast<float>(e);
+  float y = f * z * p;
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return (f + y) + 0.693359375f * fe;
+}
+
+// log(1 + f) = f - (f^2/2 - s (f^2/2 + R)), s = f / (2 + f), R = sum_k 2 s^(2k) / (2k + 1).
+DG_INLINE double log_f64(double x) {
+  int64_t ix = bit_cast_to<int64_t>(&x);
+  int64_t e = ((ix >> 52) & 0x7ff) - 1023;
+  int64_t im = (ix & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
+  double m = bit_cast_to<double>(&im);
+  const bool big = m > 1.4142135623730951;
+  m = big ? m * 0.5 : m;
+  e = big ? e + 1 : e;
+  const double f = m - 1.0;
+  const double s = f / (2.0 + f);
+  const double z = s * s;
+  double r = 2.0 / 23.0;
+  r = r * z + 2.0 / 21.0;
+  r = r * z + 2.0 / 19.0;
+  r = r * z + 2.0 / 17.0;
+  r = r * z + 2.0 / 15.0;
+  r = r * z + 2.0 / 13.0;
+  r = r * z + 2.0 / 11.0;
+  r = r * z + 2.0 / 9.0;
+  r = r * z + 2.0 / 7.0;
+  r = r * z + 2.0 / 5.0;
+  r = r * z + 2.0 / 3.0;
+  r *= z;
+  const double hfsq = 0.5 * f * f;
+  const double de = static_cast<double>(e);
+  const double lo = de * 1.9082149292705877e-10 - (hfsq - s * (hfsq + r));
+  return (de * 6.9314718036912382e-01 + f) + lo;  // ln 2 = hi + lo, hi with 32 bits
+}
+
+// exp for x <= 0 (and -inf): 2^n e^r, |r| <= log(2)/2, Taylor polynomial to degree 8.
+// Results below the smallest normal float are flushed to 0 (a softmax weight under 1e-38);
+// NaN stays NaN.
+DG_INLINE float exp_f32(float x) {
+  const bool tiny = x < -87.3f;
+  x = tiny ? -87.3f : x;
+  // Round to nearest by the 1.5 * 2^23 trick (vectorizes everywhere, unlike nearbyint).
+  const float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.0f / 40320.0f;
+  p = p * r + 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const float scale = bit_cast_to<float>(&bits);
+  return tiny ? 0.0f : p * scale;
+}
+
+DG_INLINE double exp_f64(double x) {
+  const bool tiny = x < -708.0;
+  x = tiny ? -708.0 : x;
+  const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
+  double r = x - n * 6.9314718036912382e-01;
+  r = r - n * 1.9082149292705877e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  const double scale = bit_cast_to<double>(&bits);
+  return tiny ? 0.0 : p * scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gumbel noise from random words (see the header comment for the transform).
+
+DG_INLINE float gumbel_f32(uint32_t word) {
+  const int32_t j = static_cast<int32_t>(word >> 8);  // 24 bits: u = (2j + 1) / 2^25
+  const bool low = j < (1 << 23);
+  // u (low) or t = 1 - u (high): an odd integer below 2^24 over 2^25, exact in float32.
+  const int32_t v = low ? 2 * j + 1 : (1 << 25) - 2 * j - 1;
+  const float a = static_cast<float>(v) * 2.98023223876953125e-8f;  // 2^-25
+  const float w = 1.0f - a;                                          // rounded 1 - t
+  const float err = (1.0f - w) - a;                                  // exact: 1 - t = w + err
+  const float lg = log_f32(low ? a : w);
+  // -log(1 - t) = -log(w) - log1p(err / w), and err / w = err (2 - w) (1 + O(t^2)): the
+  // product differs from the quotient by at most err t^2 <= 2^-26 E, under an ulp of E.
+  const float e = low ? -lg : -(lg + err * (2.0f - w));
+  return -log_f32(e);
+}
+
+DG_INLINE double gumbel_f64(uint64_t word) {
+  const int64_t j = static_cast<int64_t>(word >> 11);  // 53 bits: u = (2j + 1) / 2^54
+  const bool low = j < (int64_t(1) << 52);
+  const int64_t v = low ? 2 * j + 1 : (int64_t(1) << 54) - 2 * j - 1;
+  const double a = static_cast<double>(v) * 5.5511151231257827e-17;  // 2^-54
+  const double w = 1.0 - a;
+  const double err = (1.0 - w) - a;
+  const double lg = log_f64(low ? a : w);
+  const double e = low ? -lg : -(lg + err * (2.0 - w));  // as in gumbel_f32
+  return -log_f64(e);
+}
+
+template <typename acc_t>
+struct NoiseChunk;  // fill<Isa>(ctr, k0, k1, g): the noise of one chunk of columns
+
+template <>
+struct NoiseChunk<float> {
+  static constexpr int kWidth = kChunk32;
+  template <typename Isa>
+  DG_INLINE static void fill(uint64_t ctr, uint32_t k0, uint32_t k1, float* g) {
+    uint32_t w[4][kLanes];
+    philox16<Isa>(ctr, k0, k1, w);
+    const uint32_t* flat = &w[0][0];
+    for (int k = 0; k < kChunk32; ++k) g[k] = gumbel_f32(flat[k]);
+  }
+};
+
+template <>
+struct NoiseChunk<double> {
+  static constexpr int kWidth = kChunk64;
+  template <typename Isa>
+  DG_INLINE static void fill(uint64_t ctr, uint32_t k0, uint32_t k1, double* g) {
+    uint32_t w[4][kLanes];
+    philox16<Isa>(ctr, k0, k1, w);
+    uint64_t words[kChunk64];
+    for (int i = 0; i < kLanes; ++i) {
+      words[i] = (static_cast<uint64_t>(w[0][i]) << 32) | w[1][i];
+      words[kLanes + i] = (static_cast<uint64_t>(w[2][i]) << 32) | w[3][i];
+    }
+    for (int k = 0; k < kChunk64; ++k) g[k] = gumbel_f64(words[k]);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+DG_INLINE acc_t load(const scalar_t* p) {
+  return static_cast<acc_t>(*p);
+}
+
+// Per-call parameters shared by the row kernels.
+struct Seed {
+  uint32_t k0, k1;
+};
+
+// Noise of the flat elements [f0, f1) into out[0, f1 - f0).
+template <typename Isa, typename acc_t>
+DG_INLINE void fill_noise(uint64_t f0, uint64_t f1, acc_t* out, Seed seed) {
+  constexpr uint64_t W = NoiseChunk<acc_t>::kWidth;
+  acc_t tmp[W];
+  for (uint64_t b = f0 / W; b * W < f1; ++b) {
+    const uint64_t start = b * W;
+    const uint64_t lo = start > f0 ? start : f0;
+    const uint64_t hi = start + W < f1 ? start + W : f1;
+    if (lo == start && hi == start + W) {
+      NoiseChunk<acc_t>::template fill<Isa>(b * kLanes, seed.k0, seed.k1, out + (start - f0));
+    } else {
+      NoiseChunk<acc_t>::template fill<Isa>(b * kLanes, seed.k0, seed.k1, tmp);
+      std::memcpy(out + (lo - f0), tmp + (lo - start), (hi - lo) * sizeof(acc_t));
+    }
+  }
+}
+
+// Rows are processed in groups of about this many elements, whose noise is drawn in one go
+// (short rows would otherwise each draw a whole chunk).
+constexpr int64_t kGroupElems = 4096;
+
+DG_INLINE int64_t group_rows(int64_t cols) {
+  const int64_t g = kGroupElems / (cols > 0 ? cols : 1);
+  return g < 1 ? 1 : g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels. `buf` is a float/double row of K entries (the output itself when the output
+// dtype is the compute dtype). Reductions keep 16 partial results in a vector (the compilers
+// do not vectorize floating-point reductions by themselves without -ffast-math).
+
+template <typename T>
+struct Vec16;
+template <>
+struct Vec16<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vec16<double> {
+  typedef double type __attribute__((vector_size(128)));
+};
+template <typename T>
+using vec16 = typename Vec16<T>::type;
+
+template <typename T>
+DG_INLINE vec16<T> vload(const T* p) {
+  vec16<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+DG_INLINE vec16<T> vsplat(T x) {
+  vec16<T> v;
+  for (int l = 0; l < kLanes; ++l) v[l] = x;
+  return v;
+}
+
+// Vector code in these generic helpers must stay in the simplest forms (`a > b ? a : b`,
+// `+=`): GCC lowers some others (or-ed lane masks) to scalar code before they are inlined
+// into the ISA-specific functions, which made a max reduction 20x slower.
+template <typename T>
+DG_INLINE T hmax(const vec16<T>& v) {
+  T m = v[0];
+  for (int l = 1; l < kLanes; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+
+template <typename T>
+DG_INLINE T hsum(const vec16<T>& v) {
+  T s = 0;
+  for (int l = 0; l < kLanes; ++l) s += v[l];
+  return s;
+}
+
+template <typename acc_t>
+DG_INLINE acc_t exp_acc(acc_t x) {
+  if constexpr (sizeof(acc_t) == 4) {
+    return exp_f32(x);
+  } else {
+    return exp_f64(x);
+  }
+}
+
+template <typename acc_t>
+DG_INLINE acc_t log_acc(acc_t x) {
+  if constexpr (sizeof(acc_t) == 4) {
+    return log_f32(x);
+  } else {
+    return log_f64(x);
+  }
+}
+
+// z = x + G into buf (G: the row's noise); returns max z, and the first index attaining it in
+// *argmax.
+template <typename scalar_t, typename acc_t>
+DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, int64_t cols,
+                            int64_t* argmax) {
+  constexpr int W = kLanes;
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  vec16<acc_t> vmax = vsplat<acc_t>(neg_inf);
+  vec16<acc_t> vnan = vsplat<acc_t>(0);  // becomes NaN iff some z is NaN (+inf is excluded)
+  const vec16<acc_t> zero = vsplat<acc_t>(0);
+  acc_t z[W];
+  for (int64_t c0 = 0; c0 < cols; c0 += W) {
+    if (c0 + W <= cols) {
+      for (int k = 0; k < W; ++k) z[k] = load<scalar_t, acc_t>(x + c0 + k) + noise[c0 + k];
+      std::memcpy(buf + c0, z, sizeof(z));
+    } else {
+      const int64_t n = cols - c0;
+      for (int64_t k = 0; k < n; ++k) z[k] = load<scalar_t, acc_t>(x + c0 + k) + noise[c0 + k];
+      std::memcpy(buf + c0, z, n * sizeof(acc_t));
+      for (int64_t k = n; k < W; ++k) z[k] = neg_inf;
+    }
+    const vec16<acc_t> v = vload(z);
+    vmax = v > vmax ? v : vmax;
+    if (argmax != nullptr) {
+      const vec16<acc_t> f = v > neg_inf ? v : zero;
+      vnan += f - f;
+    }
+  }
+  // NaN logits pass only with validation off; then, as in torch, the softmax is NaN (the NaN
+  // reaches the sum of exponentials) and the arg max is the first NaN.
+  const acc_t m = hmax<acc_t>(vmax);
+  if (argmax != nullptr) {
+    const acc_t nan_check = hsum<acc_t>(vnan);
+    int64_t idx = 0;
+    if (nan_check == nan_check) {
+      while (idx < cols && !(buf[idx] == m)) ++idx;
+    } else {
+      while (idx < cols && buf[idx] == buf[idx]) ++idx;
+    }
+    *argmax = idx < cols ? idx : 0;
+  }
+  return m;
+}
+
+// buf <- exp((buf - m) / tau); returns the sum.
+template <typename acc_t>
+DG_INLINE acc_t exp_row(acc_t* buf, int64_t cols, acc_t m, acc_t inv_tau) {
+  vec16<acc_t> vsum = vsplat<acc_t>(0);
+  acc_t e[kLanes];
+  int64_t c = 0;
+  for (; c + kLanes <= cols; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) e[l] = exp_acc<acc_t>((buf[c + l] - m) * inv_tau);
+    std::memcpy(buf + c, e, sizeof(e));
+    vsum += vload(e);
+  }
+  acc_t s = hsum<acc_t>(vsum);
+  for (; c < cols; ++c) {
+    buf[c] = exp_acc<acc_t>((buf[c] - m) * inv_tau);
+    s += buf[c];
+  }
+  return s;
+}
+
+template <typename scalar_t, typename acc_t>
+DG_INLINE void softmax_row(const scalar_t* x, const acc_t* noise, scalar_t* y, scalar_t* hard,
+                           acc_t* scratch, int64_t cols, acc_t inv_tau) {
+  constexpr bool kInPlace = std::is_same<scalar_t, acc_t>::value;
+  acc_t* buf = kInPlace ? reinterpret_cast<acc_t*>(y) : scratch;
+  int64_t idx = 0;
+  const acc_t m = perturb_row<scalar_t, acc_t>(x, noise, buf, cols, hard ? &idx : nullptr);
+  const acc_t inv_sum = acc_t(1) / exp_row<acc_t>(buf, cols, m, inv_tau);
+  for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<scalar_t>(buf[c] * inv_sum);
+  if (hard != nullptr) {
+    std::memset(static_cast<void*>(hard), 0, cols * sizeof(scalar_t));  // +0.0 in all dtypes
+    hard[idx] = static_cast<scalar_t>(1);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+DG_INLINE void backward_row(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t cols,
+                            acc_t inv_tau, acc_t* grad_tau) {
+  acc_t gv[kLanes], yv[kLanes], t[kLanes];
+  vec16<acc_t> vdot = vsplat<acc_t>(0);
+  int64_t c = 0;
+  for (; c + kLanes <= cols; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l)
+      t[l] = load<scalar_t, acc_t>(g + c + l) * load<scalar_t, acc_t>(y + c + l);
+    vdot += vload(t);
+  }
+  acc_t dot = hsum<acc_t>(vdot);
+  for (; c < cols; ++c) dot += load<scalar_t, acc_t>(g + c) * load<scalar_t, acc_t>(y + c);
+  for (c = 0; c < cols; ++c) {
+    const acc_t yc = load<scalar_t, acc_t>(y + c);
+    gx[c] = static_cast<scalar_t>(yc * (load<scalar_t, acc_t>(g + c) - dot) * inv_tau);
+  }
+  if (grad_tau == nullptr) return;
+  // sum_i y_i (g_i - dot) log y_i; entries below the smallest normal contribute < 1e-36.
+  const acc_t smallest = std::numeric_limits<acc_t>::min();
+  vec16<acc_t> vacc = vsplat<acc_t>(0);
+  for (c = 0; c + kLanes <= cols; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      yv[l] = load<scalar_t, acc_t>(y + c + l);
+      gv[l] = load<scalar_t, acc_t>(g + c + l);
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      const bool ok = yv[l] >= smallest;
+      const acc_t lg = log_acc<acc_t>(ok ? yv[l] : acc_t(1));
+      t[l] = ok ? yv[l] * (gv[l] - dot) * lg : acc_t(0);
+    }
+    vacc += vload(t);
+  }
+  acc_t total = hsum<acc_t>(vacc);
+  for (; c < cols; ++c) {
+    const acc_t yc = load<scalar_t, acc_t>(y + c);
+    if (yc >= smallest) total += yc * (load<scalar_t, acc_t>(g + c) - dot) * log_acc<acc_t>(yc);
+  }
+  *grad_tau = -inv_tau * total;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Block functions over a range of rows, compiled once per instruction set.
+
+struct FwdArgs {
+  const void* x;
+  void* y;
+  void* hard;
+  const void* tau_rows;  // acc_t per row, or null
+  double tau;
+  int64_t cols;
+  Seed seed;
+};
+
+template <typename Isa, typename scalar_t, typename acc_t>
+DG_INLINE void fwd_block_impl(const FwdArgs& a, int64_t r0, int64_t r1) {
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  auto* y = static_cast<scalar_t*>(a.y);
+  auto* hard = static_cast<scalar_t*>(a.hard);
+  const auto* tau_rows = static_cast<const acc_t*>(a.tau_rows);
+  const int64_t K = a.cols, group = group_rows(K);
+  std::vector<acc_t> scratch(std::is_same<scalar_t, acc_t>::value ? 0 : K);
+  std::vector<acc_t> noise(group * K);
+  for (int64_t g0 = r0; g0 < r1; g0 += group) {
+    const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
+    fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed);
+    for (int64_t r = g0; r < g1; ++r) {
+      const acc_t inv_tau = acc_t(1) / (tau_rows ? tau_rows[r] : static_cast<acc_t>(a.tau));
+      softmax_row<scalar_t, acc_t>(x + r * K, noise.data() + (r - g0) * K, y + r * K,
+                                   hard ? hard + r * K : nullptr, scratch.data(), K, inv_tau);
+    }
+  }
+}
+
+struct BwdArgs {
+  const void* g;
+  const void* y;
+  void* gx;
+  const void* tau_rows;
+  void* grad_tau;  // acc_t per row, or null
+  double tau;
+  int64_t cols;
+};
+
+template <typename scalar_t, typename acc_t>
+DG_INLINE void bwd_block_impl(const BwdArgs& a, int64_t r0, int64_t r1) {
+  const auto* tau_rows = static_cast<const acc_t*>(a.tau_rows);
+  auto* grad_tau = static_cast<acc_t*>(a.grad_tau);
+  for (int64_t r = r0; r < r1; ++r) {
+    const acc_t inv_tau = acc_t(1) / (tau_rows ? tau_rows[r] : static_cast<acc_t>(a.tau));
+    backward_row<scalar_t, acc_t>(static_cast<const scalar_t*>(a.g) + r * a.cols,
+                                  static_cast<const scalar_t*>(a.y) + r * a.cols,
+                                  static_cast<scalar_t*>(a.gx) + r * a.cols, a.cols, inv_tau,
+                                  grad_tau ? grad_tau + r : nullptr);
+  }
+}
+
+struct MaxArgs {
+  const void* x;
+  int64_t* index;
+  int64_t cols;
+  Seed seed;
+};
+
+template <typename Isa, typename scalar_t, typename acc_t>
+DG_INLINE void max_block_impl(const MaxArgs& a, int64_t r0, int64_t r1) {
+  const int64_t K = a.cols, group = group_rows(K);
+  std::vector<acc_t> scratch(K), noise(group * K);
+  for (int64_t g0 = r0; g0 < r1; g0 += group) {
+    const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
+    fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed);
+    for (int64_t r = g0; r < g1; ++r)
+      perturb_row<scalar_t, acc_t>(static_cast<const scalar_t*>(a.x) + r * K,
+                                   noise.data() + (r - g0) * K, scratch.data(), K, a.index + r);
+  }
+}
+
+struct NoiseArgs {
+  void* out;
+  int64_t cols;
+  Seed seed;
+};
+
+template <typename Isa, typename scalar_t, typename acc_t>
+DG_INLINE void noise_block_impl(const NoiseArgs& a, int64_t r0, int64_t r1) {
+  auto* out = static_cast<scalar_t*>(a.out);
+  const int64_t K = a.cols;
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    fill_noise<Isa, acc_t>(r0 * K, r1 * K, out + r0 * K, a.seed);
+  } else {
+    const int64_t group = group_rows(K);
+    std::vector<acc_t> noise(group * K);
+    for (int64_t g0 = r0; g0 < r1; g0 += group) {
+      const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
+      fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed);
+      for (int64_t i = 0; i < (g1 - g0) * K; ++i) out[g0 * K + i] = static_cast<scalar_t>(noise[i]);
+    }
+  }
+}
+
+using FwdFn = void (*)(const FwdArgs&, int64_t, int64_t);
+using BwdFn = void (*)(const BwdArgs&, int64_t, int64_t);
+using MaxFn = void (*)(const MaxArgs&, int64_t, int64_t);
+using NoiseFn = void (*)(const NoiseArgs&, int64_t, int64_t);
+
+// Dtype index: 0 float32, 1 float64, 2 float16, 3 bfloat16.
+struct Table {
+  FwdFn fwd[4];
+  BwdFn bwd[4];
+  MaxFn max[4];
+  NoiseFn noise[4];
+};
+
+#define DG_DEFINE_ISA(SUFFIX, ATTR, ISA)                                                   \
+  ATTR void fwd_f32_##SUFFIX(const FwdArgs& a, int64_t r0, int64_t r1) {                   \
+    fwd_block_impl<ISA, float, float>(a, r0, r1);                                          \
+  }                                                                                        \
+  ATTR void fwd_f64_##SUFFIX(const FwdArgs& a, int64_t r0, int64_t r1) {                   \
+    fwd_block_impl<ISA, double, double>(a, r0, r1);                                        \
+  }                                                                                        \
+  ATTR void fwd_f16_##SUFFIX(const FwdArgs& a, int64_t r0, int64_t r1) {                   \
+    fwd_block_impl<ISA, c10::Half, float>(a, r0, r1);                                      \
+  }                                                                                        \
+  ATTR void fwd_bf16_##SUFFIX(const FwdArgs& a, int64_t r0, int64_t r1) {                  \
+    fwd_block_impl<ISA, c10::BFloat16, float>(a, r0, r1);                                  \
+  }                                                                                        \
+  ATTR void bwd_f32_##SUFFIX(const BwdArgs& a, int64_t r0, int64_t r1) {                   \
+    bwd_block_impl<float, float>(a, r0, r1);                                               \
+  }                                                                                        \
+  ATTR void bwd_f64_##SUFFIX(const BwdArgs& a, int64_t r0, int64_t r1) {                   \
+    bwd_block_impl<double, double>(a, r0, r1);                                             \
+  }                                                                                        \
+  ATTR void bwd_f16_##SUFFIX(const BwdArgs& a, int64_t r0, int64_t r1) {                   \
+    bwd_block_impl<c10::Half, float>(a, r0, r1);                                           \
+  }                                                                                        \
+  ATTR void bwd_bf16_##SUFFIX(const BwdArgs& a, int64_t r0, int64_t r1) {                  \
+    bwd_block_impl<c10::BFloat16, float>(a, r0, r1);                                       \
+  }                                                                                        \
+  ATTR void max_f32_##SUFFIX(const MaxArgs& a, int64_t r0, int64_t r1) {                   \
+    max_block_impl<ISA, float, float>(a, r0, r1);                                          \
+  }                                                                                        \
+  ATTR void max_f64_##SUFFIX(const MaxArgs& a, int64_t r0, int64_t r1) {                   \
+    max_block_impl<ISA, double, double>(a, r0, r1);                                        \
+  }                                                                                        \
+  ATTR void max_f16_##SUFFIX(const MaxArgs& a, int64_t r0, int64_t r1) {                   \
+    max_block_impl<ISA, c10::Half, float>(a, r0, r1);                                      \
+  }                                                                                        \
+  ATTR void max_bf16_##SUFFIX(const MaxArgs& a, int64_t r0, int64_t r1) {                  \
+    max_block_impl<ISA, c10::BFloat16, float>(a, r0, r1);                                  \
+  }                                                                                        \
+  ATTR void noise_f32_##SUFFIX(const NoiseArgs& a, int64_t r0, int64_t r1) {               \
+    noise_block_impl<ISA, float, float>(a, r0, r1);                                        \
+  }                                                                                        \
+  ATTR void noise_f64_##SUFFIX(const NoiseArgs& a, int64_t r0, int64_t r1) {               \
+    noise_block_impl<ISA, double, double>(a, r0, r1);                                      \
+  }                                                                                        \
+  ATTR void noise_f16_##SUFFIX(const NoiseArgs& a, int64_t r0, int64_t r1) {               \
+    noise_block_impl<ISA, c10::Half, float>(a, r0, r1);                                    \
+  }                                                                                        \
+  ATTR void noise_bf16_##SUFFIX(const NoiseArgs& a, int64_t r0, int64_t r1) {              \
+    noise_block_impl<ISA, c10::BFloat16, float>(a, r0, r1);                                \
+  }                                                                                        \
+  const Table table_##SUFFIX = {                                                           \
+      {fwd_f32_##SUFFIX, fwd_f64_##SUFFIX, fwd_f16_##SUFFIX, fwd_bf16_##SUFFIX},           \
+      {bwd_f32_##SUFFIX, bwd_f64_##SUFFIX, bwd_f16_##SUFFIX, bwd_bf16_##SUFFIX},           \
+      {max_f32_##SUFFIX, max_f64_##SUFFIX, max_f16_##SUFFIX, max_bf16_##SUFFIX},           \
+      {noise_f32_##SUFFIX, noise_f64_##SUFFIX, noise_f16_##SUFFIX, noise_bf16_##SUFFIX}};
+
+#ifdef DG_X86_SIMD
+DG_DEFINE_ISA(base, , IsaSse2)
+DG_DEFINE_ISA(avx2, DG_TARGET_AVX2, IsaAvx2)
+DG_DEFINE_ISA(avx512, DG_TARGET_AVX512, IsaAvx512)
+#else
+DG_DEFINE_ISA(base, , IsaGeneric)
+#endif
+
+const char* g_isa = "baseline";
+
+const Table& pick_table() {
+#ifdef DG_X86_SIMD
+  static const Table* chosen = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+      g_isa = "avx512";
+      return &table_avx512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      g_isa = "avx2";
+      return &table_avx2;
+    }
+    return &table_base;
+  }();
+  return *chosen;
+#else
+  return table_base;
+#endif
+}
+
+int dtype_index(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float:
+      return 0;
+    case c10::ScalarType::Double:
+      return 1;
+    case c10::ScalarType::Half:
+      return 2;
+    case c10::ScalarType::BFloat16:
+      return 3;
+    default:
+      TORCH_CHECK(false, "discograd kernels: unsupported dtype ", t);
+  }
+  return -1;
+}
+
+Seed read_seed(const at::Tensor& seed) {
+  TORCH_CHECK(seed.device().is_cpu() && seed.scalar_type() == c10::ScalarType::Long &&
+                  seed.numel() == 1,
+              "discograd kernels: seed must be a CPU int64 tensor with one element");
+  const uint64_t s = static_cast<uint64_t>(seed.contiguous().data_ptr<int64_t>()[0]);
+  return Seed{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)};
+}
+
+// Rows per task: enough work (about 16k entries) to pay for a thread hand-off.
+int64_t grain(int64_t cols) {
+  const int64_t g = (16384 + cols - 1) / (cols > 0 ? cols : 1);
+  return g < 1 ? 1 : g;
+}
+
+void check_2d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.is_contiguous() && t.device().is_cpu(),
+              "discograd kernels: ", name, " must be a contiguous 2-d CPU tensor");
+}
+
+const void* tau_rows_ptr(const std::optional<at::Tensor>& tau_rows, const at::Tensor& x) {
+  if (!tau_rows.has_value()) return nullptr;
+  const auto& t = *tau_rows;
+  const auto acc = x.scalar_type() == c10::ScalarType::Double ? c10::ScalarType::Double
+                                                               : c10::ScalarType::Float;
+  TORCH_CHECK(t.scalar_type() == acc && t.is_contiguous() && t.numel() == x.size(0),
+              "discograd kernels: tau_rows must be a contiguous ", acc, " tensor of ",
+              x.size(0), " entries");
+  return t.data_ptr();
+}
+
+at::Tensor softmax_impl(const at::Tensor& x, const at::Tensor& seed, double tau,
+                        const std::optional<at::Tensor>& tau_rows, at::Tensor* hard) {
+  check_2d(x, "logits");
+  const int di = dtype_index(x.scalar_type());
+  at::Tensor y = at::empty_like(x);
+  FwdArgs a{x.data_ptr(),
+            y.data_ptr(),
+            hard ? hard->data_ptr() : nullptr,
+            tau_rows_ptr(tau_rows, x),
+            tau,
+            x.size(1),
+            read_seed(seed)};
+  const FwdFn fn = pick_table().fwd[di];
+  if (x.numel() > 0)
+    at::parallel_for(0, x.size(0), grain(x.size(1)),
+                     [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  return y;
+}
+
+at::Tensor gumbel_softmax_cpu(const at::Tensor& x, const at::Tensor& seed, double tau,
+                              const std::optional<at::Tensor>& tau_rows) {
+  return softmax_impl(x, seed, tau, tau_rows, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_softmax_hard_cpu(
+    const at::Tensor& x, const at::Tensor& seed, double tau,
+    const std::optional<at::Tensor>& tau_rows) {
+  check_2d(x, "logits");
+  at::Tensor hard = at::empty_like(x);
+  at::Tensor y = softmax_impl(x, seed, tau, tau_rows, &hard);
+  return {hard, y};
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_softmax_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& y, double tau,
+    const std::optional<at::Tensor>& tau_rows, bool tau_grad) {
+  check_2d(y, "soft sample");
+  const at::Tensor g = grad.contiguous();
+  TORCH_CHECK(g.sizes() == y.sizes() && g.scalar_type() == y.scalar_type(),
+              "discograd kernels: grad must match the soft sample");
+  const int di = dtype_index(y.scalar_type());
+  at::Tensor gx = at::empty_like(y);
+  const auto acc = y.scalar_type() == c10::ScalarType::Double ? c10::ScalarType::Double
+                                                               : c10::ScalarType::Float;
+  at::Tensor gt = at::empty({tau_grad ? y.size(0) : 0}, y.options().dtype(acc));
+  BwdArgs a{g.data_ptr(),
+            y.data_ptr(),
+            gx.data_ptr(),
+            tau_rows_ptr(tau_rows, y),
+            tau_grad ? gt.data_ptr() : nullptr,
+            tau,
+            y.size(1)};
+  const BwdFn fn = pick_table().bwd[di];
+  if (y.numel() > 0)
+    at::parallel_for(0, y.size(0), grain(y.size(1)),
+                     [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  return {gx, gt};
+}
+
+at::Tensor gumbel_argmax_cpu(const at::Tensor& x, const at::Tensor& seed) {
+  check_2d(x, "logits");
+  const int di = dtype_index(x.scalar_type());
+  at::Tensor index = at::empty({x.size(0)}, x.options().dtype(c10::ScalarType::Long));
+  MaxArgs a{x.data_ptr(), index.data_ptr<int64_t>(), x.size(1), read_seed(seed)};
+  const MaxFn fn = pick_table().max[di];
+  if (x.numel() > 0)
+    at::parallel_for(0, x.size(0), grain(x.size(1)),
+                     [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  return index;
+}
+
+at::Tensor gumbel_noise_cpu(const at::Tensor& seed, int64_t rows, int64_t cols,
+                            c10::ScalarType dtype) {
+  const int di = dtype_index(dtype);
+  at::Tensor out = at::empty({rows, cols}, seed.options().dtype(dtype));
+  NoiseArgs a{out.data_ptr(), cols, read_seed(seed)};
+  const NoiseFn fn = pick_table().noise[di];
+  if (out.numel() > 0)
+    at::parallel_for(0, rows, grain(cols), [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  return out;
+}
+
+// Which instruction set the kernels run with (0 baseline, 1 AVX2, 2 AVX-512), for status().
+int64_t isa_level(const at::Tensor& unused) {
+  (void)unused;
+  pick_table();
+  if (std::strcmp(g_isa, "avx512") == 0) return 2;
+  if (std::strcmp(g_isa, "avx2") == 0) return 1;
+  return 0;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(discograd, CPU, m) {
+  m.impl("gumbel_softmax", &gumbel_softmax_cpu);
+  m.impl("gumbel_softmax_hard", &gumbel_softmax_hard_cpu);
+  m.impl("gumbel_softmax_backward", &gumbel_softmax_backward_cpu);
+  m.impl("gumbel_argmax", &gumbel_argmax_cpu);
+  m.impl("gumbel_noise", &gumbel_noise_cpu);
+  m.impl("isa_level", &isa_level);
+}
+
+}  // namespace discograd_kernels

@@ -1,0 +1,341 @@
+r"""Triton kernels for the ``discograd::*`` operators on CUDA (float32, float16, bfloat16).
+
+One program per row, looping over column blocks, so rows of any length work (2^17 categories
+and more). Noise and reductions are in float32 whatever the input dtype.
+
+- Noise: Philox-4x32-10 through ``tl.randint4x(seed, counter)`` with the counter layout of the
+  C++ kernel (``gumbel_cpu.cpp``): element f = row * K + column uses word ``(f mod 64) // 16``
+  of counter ``16 (f // 64) + f mod 16``, so CPU and GPU draw the same uniforms from the same
+  seed. The uniform is the midpoint ``(2j + 1) / 2^25`` of a 24-bit grid cell and
+  :math:`E = -\log u` is taken as ``-log1p(-(1 - u))`` above 1/2, with the same correction
+  term as the C++ kernel and libdevice's precise ``log`` (not the approximate ``tl.log``, whose
+  absolute error near 1 could make E negative).
+- Forward: pass 1 keeps a running max and rescaled sum per lane (online softmax) and the
+  first arg max; pass 2 recomputes the noise (cheaper than a scratch row) and writes
+  :math:`y = \exp((z - m)/\tau) / s` and, for ``hard``, the one-hot.
+- Backward: :math:`\nabla_x = y (g - \langle g, y\rangle)/\tau` from the saved ``y`` only,
+  and :math:`\nabla_\tau = -\tau^{-1}\sum_i y_i (g_i - \langle g, y\rangle)\log y_i`.
+
+With ``TRITON_INTERPRET=1`` the same host functions run on CPU tensors through Triton's
+interpreter, which is how the tests check these kernels on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    import triton  # pyright: ignore[reportMissingImports]
+    import triton.language as tl  # pyright: ignore[reportMissingImports]
+    from triton.language.extra import libdevice  # pyright: ignore[reportMissingImports]
+
+    _IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # absent, or broken for this platform: the reference path is used
+    triton = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_lock = threading.Lock()
+_state: Optional[Tuple[bool, str]] = None
+
+
+def interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+if triton is not None:
+    if interpreter():
+        # The interpreter has no libdevice; its tl.log is NumPy's correctly rounded log.
+        @triton.jit
+        def _log(x):
+            return tl.log(x)
+
+    else:
+
+        @triton.jit
+        def _log(x):
+            return libdevice.log(x)
+
+    @triton.jit
+    def _gumbel(row, cols, K, seed):
+        """Gumbel noise of (row, cols), as in the C++ kernel (float32 words)."""
+        f = row * K + cols.to(tl.int64)
+        rem = f % 64
+        word = rem // 16
+        ctr = (f // 64) * 16 + rem % 16
+        r0, r1, r2, r3 = tl.randint4x(seed, ctr)
+        w = tl.where(word == 0, r0, tl.where(word == 1, r1, tl.where(word == 2, r2, r3)))
+        j = (w >> 8).to(tl.int32)
+        low = j < 8388608  # u < 1/2
+        v = tl.where(low, 2 * j + 1, 33554432 - 2 * j - 1)  # odd, < 2^24: exact in float32
+        a = v.to(tl.float32) * 2.98023223876953125e-08  # u (low) or t = 1 - u (high)
+        w1 = 1.0 - a  # log1p(-t) = log(w1) + log1p(err / w1), err / w1 ~ err (2 - w1)
+        err = (1.0 - w1) - a
+        lg = _log(tl.where(low, a, w1))
+        e = tl.where(low, -lg, -(lg + err * (2.0 - w1)))
+        return -_log(e)
+
+    @triton.jit
+    def _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS: tl.constexpr):
+        if HAS_TAU_ROWS:
+            t = tl.load(tau_rows_ptr + row).to(tl.float32)
+        else:
+            t = tau
+        return 1.0 / t
+
+    @triton.jit
+    def _stats(x_ptr, row, K, seed, inv_tau, BLOCK: tl.constexpr):
+        """Max, softmax normalizer and first arg max of z = x + G over a row."""
+        base = row * K
+        lane = tl.arange(0, BLOCK)
+        m = tl.full((BLOCK,), float("-inf"), tl.float32)
+        s = tl.zeros((BLOCK,), tl.float32)
+        best = tl.full((BLOCK,), float("-inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK,), tl.int32)
+        for start in range(0, K, BLOCK):
+            cols = start + lane
+            mask = cols < K
+            x = tl.load(x_ptr + base + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            z = tl.where(mask, x + _gumbel(row, cols, K, seed), float("-inf"))
+            better = z > best  # strict: each lane keeps its first maximum
+            best_idx = tl.where(better, cols, best_idx)
+            best = tl.where(better, z, best)
+            m_new = tl.maximum(m, z)
+            finite = m_new > float("-inf")
+            scale = tl.where(finite, tl.exp((m - m_new) * inv_tau), 0.0)
+            p = tl.where(z > float("-inf"), tl.exp((z - m_new) * inv_tau), 0.0)
+            s = s * scale + p
+            m = m_new
+        row_max = tl.max(m, 0)
+        total = tl.sum(tl.where(m > float("-inf"), s * tl.exp((m - row_max) * inv_tau), 0.0), 0)
+        top = tl.max(best, 0)
+        index = tl.min(tl.where(best == top, best_idx, 2147483647), 0)
+        return row_max, total, index
+
+    @triton.jit
+    def _forward_kernel(
+        x_ptr,
+        y_ptr,
+        hard_ptr,
+        seed_ptr,
+        tau_rows_ptr,
+        tau,
+        K,
+        HAS_TAU_ROWS: tl.constexpr,
+        HARD: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        seed = tl.load(seed_ptr)
+        inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
+        row_max, total, index = _stats(x_ptr, row, K, seed, inv_tau, BLOCK)
+        inv_total = 1.0 / total
+        base = row * K
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < K
+            x = tl.load(x_ptr + base + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            z = x + _gumbel(row, cols, K, seed)
+            y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
+            tl.store(y_ptr + base + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+            if HARD:
+                one_hot = tl.where(cols == index, 1.0, 0.0)
+                tl.store(hard_ptr + base + cols, one_hot.to(hard_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _argmax_kernel(x_ptr, index_ptr, seed_ptr, K, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        seed = tl.load(seed_ptr)
+        _, _, index = _stats(x_ptr, row, K, seed, 1.0, BLOCK)
+        tl.store(index_ptr + row, index.to(tl.int64))
+
+    @triton.jit
+    def _noise_kernel(out_ptr, seed_ptr, K, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        seed = tl.load(seed_ptr)
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            g = _gumbel(row, cols, K, seed)
+            tl.store(out_ptr + row * K + cols, g.to(out_ptr.dtype.element_ty), mask=cols < K)
+
+    @triton.jit
+    def _backward_kernel(
+        g_ptr,
+        y_ptr,
+        gx_ptr,
+        gt_ptr,
+        tau_rows_ptr,
+        tau,
+        K,
+        HAS_TAU_ROWS: tl.constexpr,
+        TAU_GRAD: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
+        base = row * K
+        lane = tl.arange(0, BLOCK)
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(0, K, BLOCK):
+            mask = start + lane < K
+            g = tl.load(g_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+            acc += g * y
+        dot = tl.sum(acc, 0)
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(0, K, BLOCK):
+            mask = start + lane < K
+            g = tl.load(g_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+            grad_s = y * (g - dot)
+            gx = grad_s * inv_tau
+            tl.store(gx_ptr + base + start + lane, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+            if TAU_GRAD:
+                positive = y > 0.0
+                log_y = _log(tl.where(positive, y, 1.0))
+                acc += tl.where(positive, grad_s * log_y, 0.0)
+        if TAU_GRAD:
+            tl.store(gt_ptr + row, -inv_tau * tl.sum(acc, 0))
+
+
+def _block(cols: int) -> int:
+    """Columns per step: the whole row up to 4096, then loops (long rows)."""
+    limit = 128 if interpreter() else 4096
+    return max(16, min(1 << (max(cols, 1) - 1).bit_length(), limit))
+
+
+def _launch(kernel: Any, rows: int) -> Any:
+    """kernel[grid] with one program per row."""
+    return kernel[(rows,)]
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else 8
+
+
+def _check(x: Tensor) -> None:
+    if x.dim() != 2 or not x.is_contiguous() or x.dtype not in DTYPES:
+        raise ValueError(
+            f"Triton kernels take contiguous 2-d float32/float16/bfloat16 rows, got "
+            f"{tuple(x.shape)} {x.dtype}"
+        )
+
+
+def forward(
+    x: Tensor, seed: Tensor, tau: float, tau_rows: Optional[Tensor], hard: bool
+) -> Tuple[Optional[Tensor], Tensor]:
+    """(one-hot or None, soft sample) for rows x."""
+    _check(x)
+    rows, cols = x.shape
+    y = torch.empty_like(x)
+    one_hot = torch.empty_like(x) if hard else None
+    if x.numel() > 0:
+        block = _block(cols)
+        _launch(_forward_kernel, rows)(
+            x,
+            y,
+            one_hot if hard else y,
+            seed,
+            tau_rows if tau_rows is not None else y,
+            float(tau),
+            cols,
+            HAS_TAU_ROWS=tau_rows is not None,
+            HARD=hard,
+            BLOCK=block,
+            num_warps=_warps(block),
+        )
+    return one_hot, y
+
+
+def backward(
+    grad: Tensor, y: Tensor, tau: float, tau_rows: Optional[Tensor], tau_grad: bool
+) -> Tuple[Tensor, Tensor]:
+    _check(y)
+    grad = grad.contiguous()
+    rows, cols = y.shape
+    gx = torch.empty_like(y)
+    gt = torch.empty((rows if tau_grad else 0,), dtype=torch.float32, device=y.device)
+    if y.numel() > 0:
+        block = _block(cols)
+        _launch(_backward_kernel, rows)(
+            grad,
+            y,
+            gx,
+            gt if tau_grad else gx,
+            tau_rows if tau_rows is not None else y,
+            float(tau),
+            cols,
+            HAS_TAU_ROWS=tau_rows is not None,
+            TAU_GRAD=tau_grad,
+            BLOCK=block,
+            num_warps=_warps(block),
+        )
+    return gx, gt
+
+
+def argmax(x: Tensor, seed: Tensor) -> Tensor:
+    _check(x)
+    rows, cols = x.shape
+    index = torch.empty((rows,), dtype=torch.int64, device=x.device)
+    if x.numel() > 0:
+        block = _block(cols)
+        _launch(_argmax_kernel, rows)(x, index, seed, cols, BLOCK=block, num_warps=_warps(block))
+    return index
+
+
+def noise(seed: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+    if dtype not in DTYPES:
+        raise ValueError(f"Triton noise supports {DTYPES}, got {dtype}")
+    out = torch.empty((rows, cols), dtype=dtype, device=seed.device)
+    if out.numel() > 0:
+        block = _block(cols)
+        _launch(_noise_kernel, rows)(out, seed, cols, BLOCK=block, num_warps=_warps(block))
+    return out
+
+
+def _register() -> None:
+    from discograd.kernels import _library
+
+    _library.define()
+    lib = "discograd::"
+
+    def soft(x, seed, tau, tau_rows):
+        return forward(x, seed, tau, tau_rows, False)[1]
+
+    def hard(x, seed, tau, tau_rows):
+        one_hot, y = forward(x, seed, tau, tau_rows, True)
+        return one_hot, y
+
+    torch.library.register_kernel(lib + "gumbel_softmax", "cuda", soft)
+    torch.library.register_kernel(lib + "gumbel_softmax_hard", "cuda", hard)
+    torch.library.register_kernel(lib + "gumbel_softmax_backward", "cuda", backward)
+    torch.library.register_kernel(lib + "gumbel_argmax", "cuda", argmax)
+    torch.library.register_kernel(lib + "gumbel_noise", "cuda", noise)
+
+
+def load() -> Tuple[bool, str]:
+    """Register the CUDA kernels once; returns (available, description or reason)."""
+    global _state
+    if _state is not None:
+        return _state
+    with _lock:
+        if _state is None:
+            if importlib.util.find_spec("triton") is None:
+                _state = (False, "Triton is not installed (optional: pip install triton)")
+            elif triton is None:
+                _state = (False, f"Triton failed to import: {_IMPORT_ERROR}")
+            elif not torch.cuda.is_available():
+                _state = (False, "CUDA is not available")
+            else:
+                try:
+                    _register()
+                    _state = (True, f"Triton {triton.__version__} kernels")
+                except Exception as exc:
+                    _state = (False, f"Triton kernels failed to register: {exc}")
+    return _state

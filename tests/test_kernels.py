@@ -1,0 +1,521 @@
+"""Fast paths of discograd.kernels: the fused C++ CPU kernel (and Triton, where it runs).
+
+The C++ kernel is built here on first use (CI builds it in this test run). It must give the
+same distribution as the pure-PyTorch reference in discograd.ops (chi-square on arg max
+frequencies, moments of soft samples, each with a negative control that the same test
+rejects), the exact values of softmax((x + G) / tau) for its own noise G, whose Philox stream
+is checked against an independent NumPy implementation anchored on the Random123 known-answer
+vector, and exact gradients (gradcheck, and autograd of the composite on the same noise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import discograd
+from discograd import kernels
+from tests.stats import chi_square_pvalue
+
+HALF = (torch.float16, torch.bfloat16)
+ALL = (torch.float32, torch.float64) + HALF
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_cpu():
+    """The CPU kernel must build on CI's machine; every test here relies on it."""
+    if kernels._disabled():
+        pytest.skip(f"{kernels.DISABLE_ENV} is set for this whole run")
+    state = kernels.status()["cpu"]
+    assert state["path"] == "fast", state["reason"]
+    return state
+
+
+@pytest.fixture
+def reference_path(monkeypatch):
+    """Force the pure-PyTorch path for the duration of a test."""
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+
+
+def seed_tensor(value: int) -> torch.Tensor:
+    return torch.tensor([value], dtype=torch.int64)
+
+
+def acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# An independent Philox-4x32-10 and noise transform in NumPy.
+
+M0, M1, W0, W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
+MASK = np.uint64(0xFFFFFFFF)
+
+
+def philox_np(counter: np.ndarray, key: tuple) -> np.ndarray:
+    """counter: (n, 4) uint64 holding 32-bit words; key: (k0, k1). Returns (n, 4) words."""
+    c = [counter[:, i].astype(np.uint64) for i in range(4)]
+    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+    for _ in range(10):
+        p0 = np.uint64(M0) * c[0]
+        p1 = np.uint64(M1) * c[2]
+        hi0, hi1 = p0 >> np.uint64(32), p1 >> np.uint64(32)
+        c = [hi1 ^ c[1] ^ k0, p1 & MASK, hi0 ^ c[3] ^ k1, p0 & MASK]
+        k0 = (k0 + np.uint64(W0)) & MASK
+        k1 = (k1 + np.uint64(W1)) & MASK
+    return np.stack(c, axis=1)
+
+
+def test_numpy_philox_known_answer():
+    # Random123 kat_vectors: philox4x32 10 rounds, counter 0 and key 0.
+    out = philox_np(np.zeros((1, 4), dtype=np.uint64), (0, 0))[0]
+    assert [f"{int(w):08x}" for w in out] == ["6627e8d5", "e169c58d", "bc57ac4c", "9b00dbd8"]
+
+
+def reference_noise(seed: int, rows: int, cols: int, double: bool) -> np.ndarray:
+    """The kernel's documented noise for (seed, f = row * cols + column), in float64."""
+    key64 = seed % 2**64
+    key = (key64 & 0xFFFFFFFF, key64 >> 32)
+    width = 32 if double else 64
+    f = np.arange(rows * cols, dtype=np.uint64)
+    w64 = np.uint64(width)
+    word = ((f % w64) // np.uint64(16)).astype(np.int64)
+    ctr = (f // w64) * np.uint64(16) + f % np.uint64(16)
+    counter = np.zeros((f.size, 4), dtype=np.uint64)
+    counter[:, 0], counter[:, 1] = ctr & MASK, ctr >> np.uint64(32)
+    w = philox_np(counter, key)
+    idx = np.arange(f.size)
+    if double:
+        hi, lo = w[idx, 2 * word], w[idx, 2 * word + 1]
+        j = ((hi << np.uint64(32)) | lo) >> np.uint64(11)
+        bits = 54
+    else:
+        j = w[idx, word] >> np.uint64(8)
+        bits = 25
+    j = j.astype(np.float64)
+    low = j < 2.0 ** (bits - 2)
+    u = (2 * j + 1) * 2.0**-bits  # exact; for the high branch 1 - u is exact too
+    t = (2.0**bits - 2 * j - 1) * 2.0**-bits
+    e = np.where(low, -np.log(u), -np.log1p(-t))
+    return (-np.log(e)).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 64), (5, 100), (7, 3), (1, 200)])
+def test_noise_matches_numpy_philox(dtype, shape):
+    seed = -1234567890123456789
+    got = torch.ops.discograd.gumbel_noise(seed_tensor(seed), *shape, dtype).double().numpy()
+    want = reference_noise(seed, *shape, double=dtype == torch.float64)
+    tol = 1e-13 if dtype == torch.float64 else 4e-7
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    # Negative control: a neighbouring seed gives unrelated noise.
+    other = reference_noise(seed + 1, *shape, double=dtype == torch.float64)
+    assert not np.allclose(got, other, rtol=tol, atol=tol)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact values on the kernel's own noise.
+
+
+@pytest.mark.parametrize("dtype", ALL)
+@pytest.mark.parametrize("rows, cols", [(37, 100), (45, 3)])
+def test_forward_is_softmax_of_perturbed_logits(dtype, rows, cols):
+    x = (torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    x[0, 1 + cols // 2 :] = -math.inf  # masked entries
+    seed = seed_tensor(99)
+    noise = torch.ops.discograd.gumbel_noise(seed, rows, cols, acc(dtype))
+    # The noise depends on the flat index only (rows of any length share one stream).
+    flat = torch.ops.discograd.gumbel_noise(seed, 1, rows * cols, acc(dtype))
+    assert torch.equal(noise.flatten(), flat.flatten())
+    scores = x.to(acc(dtype)) + noise
+    tau = 0.7
+    y = torch.ops.discograd.gumbel_softmax(x, seed, tau, None)
+    want = torch.softmax(scores / tau, -1).to(dtype)
+    assert y.dtype == dtype
+    tol = {torch.float32: 1e-6, torch.float64: 1e-14}.get(dtype, 1e-2)
+    torch.testing.assert_close(y, want, rtol=tol, atol=tol)
+    assert (y[0, 1 + cols // 2 :] == 0).all()
+    hard, soft = torch.ops.discograd.gumbel_softmax_hard(x, seed, tau, None)
+    assert torch.equal(soft, y)
+    assert torch.equal(hard, F.one_hot(scores.argmax(-1), cols).to(dtype))
+    index = torch.ops.discograd.gumbel_argmax(x, seed)
+    assert torch.equal(index, scores.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_backward_matches_autograd_on_same_noise(dtype):
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(6, 70, generator=gen, dtype=torch.float64).to(dtype)
+    x0[1, :3] = -math.inf
+    tau0 = torch.rand(6, generator=gen, dtype=torch.float64) + 0.3
+    w = torch.randn(6, 70, generator=gen, dtype=torch.float64).to(dtype)
+    seed = seed_tensor(7)
+    noise = torch.ops.discograd.gumbel_noise(seed, 6, 70, acc(dtype))
+
+    x, tau = x0.clone().requires_grad_(), tau0.to(acc(dtype)).clone().requires_grad_()
+    for hard in (False, True):
+        x.grad = tau.grad = None
+        if hard:
+            out, _ = torch.ops.discograd.gumbel_softmax_hard(x, seed, 1.0, tau)
+        else:
+            out = torch.ops.discograd.gumbel_softmax(x, seed, 1.0, tau)
+        (out * w).sum().backward()
+        gx, gt = x.grad.clone(), tau.grad.clone()
+
+        xr = x0.to(acc(dtype)).clone().requires_grad_()
+        tr = tau0.to(acc(dtype)).clone().requires_grad_()
+        scores = xr + noise
+        masked = torch.isneginf(scores)
+        tempered = torch.where(masked, scores, torch.where(masked, 0.0, scores) / tr[:, None])
+        (torch.softmax(tempered, -1) * w.to(acc(dtype))).sum().backward()
+        tol = {torch.float32: 2e-5, torch.float64: 1e-12}.get(dtype, 3e-2)
+        torch.testing.assert_close(gx.to(acc(dtype)), xr.grad, rtol=tol, atol=tol)
+        torch.testing.assert_close(gt, tr.grad, rtol=tol, atol=tol)
+        assert torch.isfinite(gt).all()
+
+
+def test_gradcheck_float64():
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+
+    def f(x, tau):
+        return discograd.gumbel_softmax(x, tau, generator=torch.Generator().manual_seed(3))
+
+    assert torch.autograd.gradcheck(f, (x, tau))
+    # Second order goes through the differentiable form of the backward.
+    assert torch.autograd.gradgradcheck(f, (x, tau))
+
+    def g(x):
+        return discograd.gumbel_softmax(x, 0.3, dim=0, generator=torch.Generator().manual_seed(4))
+
+    assert torch.autograd.gradcheck(g, (x,))
+
+
+def test_hard_gradient_is_soft_gradient():
+    x = torch.randn(4, 9, requires_grad=True)
+    w = torch.randn(4, 9)
+    grads = []
+    for hard in (False, True):
+        x.grad = None
+        y = discograd.gumbel_softmax(x, 0.5, hard, generator=torch.Generator().manual_seed(5))
+        (y * w).sum().backward()
+        grads.append(x.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+# --------------------------------------------------------------------------------------------
+# API behaviour: hard one-hots, dims, tau tensors, generators, validation.
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_hard_is_exact_one_hot(dtype):
+    x = torch.randn(50, 13).to(dtype)
+    y = discograd.gumbel_softmax(x, 0.1, hard=True)
+    assert y.dtype == dtype
+    assert ((y == 0) | (y == 1)).all() and (y.sum(-1) == 1).all()
+
+
+def test_dims_other_than_last():
+    x = torch.randn(4, 7, 5)
+    for dim in (0, 1, -2):
+        y = discograd.gumbel_softmax(x, 0.5, dim=dim, generator=torch.Generator().manual_seed(2))
+        moved = discograd.gumbel_softmax(
+            x.movedim(dim, -1).contiguous(), 0.5, generator=torch.Generator().manual_seed(2)
+        )
+        assert torch.equal(y, moved.movedim(-1, dim))
+        torch.testing.assert_close(y.sum(dim), torch.ones(()).expand(y.sum(dim).shape))
+        i = discograd.gumbel_max(x, dim=dim, generator=torch.Generator().manual_seed(2))
+        assert i.shape == y.sum(dim).shape and i.max() < x.shape[dim]
+
+
+def test_tau_tensor_shapes_and_errors():
+    x = torch.randn(2, 3, 6)
+    for tau in (torch.tensor(0.5), torch.full((3,), 0.5), torch.full((2, 3), 0.5)):
+        y = discograd.gumbel_softmax(x, tau, generator=torch.Generator().manual_seed(0))
+        z = discograd.gumbel_softmax(x, 0.5, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(y, z)
+    with pytest.raises(ValueError, match="tau"):
+        discograd.gumbel_softmax(x, torch.full((4,), 0.5))
+    with pytest.raises(ValueError, match="tau"):
+        discograd.gumbel_softmax(x, torch.zeros(3))
+    with pytest.raises(ValueError, match="tau"):
+        discograd.gumbel_softmax(x, -1.0)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(float("nan"), "NaN"), (math.inf, r"\+inf"), (None, "masked")],
+)
+def test_invalid_logits_raise(bad, message):
+    x = torch.randn(3, 4)
+    if bad is None:
+        x[1] = -math.inf
+    else:
+        x[2, 1] = bad
+    for call in (
+        lambda: discograd.gumbel_softmax(x),
+        lambda: discograd.gumbel_max(x),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_generator_determinism_and_global_stream():
+    x = torch.randn(16, 10)
+    a = discograd.gumbel_softmax(x, generator=torch.Generator().manual_seed(11))
+    b = discograd.gumbel_softmax(x, generator=torch.Generator().manual_seed(11))
+    c = discograd.gumbel_softmax(x, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    g = torch.Generator().manual_seed(11)
+    first, second = discograd.gumbel_noise(x, generator=g), discograd.gumbel_noise(x, generator=g)
+    assert not torch.equal(first, second)  # the generator advances
+    torch.manual_seed(21)
+    s1, s2 = discograd.gumbel_max(x), discograd.gumbel_max(x)
+    torch.manual_seed(21)
+    assert torch.equal(discograd.gumbel_max(x), s1)  # drawn from the global generator
+    assert not torch.equal(s1, s2)
+
+
+def test_forward_mode_ad_uses_the_reference_path():
+    # The operators have no forward-mode formula: jvp goes through the reference path.
+    x, tangent = torch.randn(4, 5), torch.randn(4, 5)
+
+    def f(t):
+        return discograd.gumbel_softmax(t, 0.5, generator=torch.Generator().manual_seed(1))
+
+    y, jvp = torch.func.jvp(f, (x,), (tangent,))
+    torch.testing.assert_close(jvp.sum(-1), torch.zeros(4), atol=1e-5, rtol=0)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, tangent)
+        out = torch.autograd.forward_ad.unpack_dual(f(dual))
+    torch.testing.assert_close(out.primal, y)
+    torch.testing.assert_close(out.tangent, jvp)
+
+
+def test_threads_do_not_change_samples():
+    x = torch.randn(300, 200)
+    previous = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(discograd.gumbel_softmax(x, generator=torch.Generator().manual_seed(1)))
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(outs[0], outs[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Distribution equivalence with the reference path.
+
+LOGITS = torch.tensor([1.0, 0.0, -1.0, 2.0, -math.inf, 0.5, -0.5])
+
+
+UNMASKED = torch.isfinite(LOGITS).numpy()
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_argmax_frequencies_chi_square(dtype):
+    probs = torch.softmax(LOGITS.double(), -1).numpy()
+    g = torch.Generator().manual_seed(31)
+    index = discograd.gumbel_max(LOGITS.to(dtype).expand(200_000, -1), generator=g)
+    counts = np.bincount(index.numpy(), minlength=LOGITS.numel())
+    assert counts[~UNMASKED].sum() == 0  # a masked category is never drawn
+    assert chi_square_pvalue(counts[UNMASKED], probs[UNMASKED]) > 1e-4
+    hard = discograd.gumbel_softmax(
+        LOGITS.to(dtype).expand(100_000, -1), 0.3, hard=True, generator=g
+    )
+    hard_counts = hard.sum(0).double().numpy()
+    assert chi_square_pvalue(hard_counts[UNMASKED], probs[UNMASKED]) > 1e-4
+    # Negative control: a 0.05 shift of one logit is detected by the same test.
+    shifted = torch.softmax(LOGITS.double() + torch.tensor([0.05, 0, 0, 0, 0, 0, 0]), -1)
+    assert chi_square_pvalue(counts[UNMASKED], shifted.numpy()[UNMASKED]) < 1e-4
+
+
+def two_sample_max_z(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    se = (a.var(0) / a.shape[0] + b.var(0) / b.shape[0]).sqrt().clamp_min(1e-300)
+    return float(((a.mean(0) - b.mean(0)).abs() / se).max())
+
+
+def soft_moments(tau: float, n: int, seed: int) -> torch.Tensor:
+    y = discograd.gumbel_softmax(
+        LOGITS.expand(n, -1), tau, generator=torch.Generator().manual_seed(seed)
+    )
+    return torch.cat([y, y**2], -1)  # first and second moments of every component
+
+
+def test_soft_sample_moments_match_reference(monkeypatch):
+    n = 100_000
+    fast = soft_moments(0.5, n, 41)
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    ref = soft_moments(0.5, n, 42)
+    wrong_tau = soft_moments(0.45, n, 43)
+    assert two_sample_max_z(fast, ref) < 4.0
+    # Negative control: a 10% temperature change is rejected by the same test.
+    assert two_sample_max_z(fast, wrong_tau) > 4.0
+
+
+def test_reference_path_is_used_when_disabled(reference_path):
+    x = torch.randn(5, 4)
+    e = discograd.ops.standard_exponential((5, 4), generator=torch.Generator().manual_seed(0))
+    y = discograd.gumbel_softmax(x, 0.5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(y, torch.softmax((x - torch.log(e)) / 0.5, -1))
+
+
+# --------------------------------------------------------------------------------------------
+# Finite noise and samples in every dtype.
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_ten_million_draws_are_finite(dtype):
+    gen = torch.Generator().manual_seed(8)
+    g = discograd.gumbel_noise((10_000, 1000), generator=gen, dtype=dtype)
+    assert g.dtype == dtype and torch.isfinite(g).all()
+    lo, hi = (-3.6, 37.4) if dtype == torch.float64 else (-2.9, 17.4)
+    assert g.min() >= lo and g.max() <= hi
+    # Mean and variance of Gumbel(0, 1): Euler's gamma and pi^2 / 6.
+    flat = g.double().flatten()
+    assert abs(float(flat.mean()) - 0.5772156649) < 4 * math.pi / math.sqrt(6 * flat.numel())
+    assert abs(float(flat.var()) - math.pi**2 / 6) < 0.01
+    x = torch.tensor([[1e4, -1e4, 0.0, -math.inf]] * 1000).to(dtype)
+    y = discograd.gumbel_softmax(x, 1e-3, generator=torch.Generator().manual_seed(9))
+    assert torch.isfinite(y).all() and (y[:, 3] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# The switches: environment variable (in a fresh process) and torch.compile.
+
+
+def test_env_var_forces_reference_path_in_subprocess():
+    code = (
+        "import torch, discograd\n"
+        "from discograd import kernels\n"
+        "s = kernels.status()\n"
+        "assert s['cpu']['path'] == 'reference' and 'DISCOGRAD_DISABLE_KERNELS' in "
+        "s['cpu']['reason'], s\n"
+        "x = torch.randn(4, 6)\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "e = discograd.ops.standard_exponential((4, 6), generator=g)\n"
+        "y = discograd.gumbel_softmax(x, 0.5, generator=torch.Generator().manual_seed(0))\n"
+        "torch.testing.assert_close(y, torch.softmax((x - torch.log(e)) / 0.5, -1))\n"
+        "print('reference ok')\n"
+    )
+    env = dict(os.environ, DISCOGRAD_DISABLE_KERNELS="1", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "reference ok" in out.stdout
+
+
+def test_torch_compile_fullgraph_traces_fast_path():
+    x = torch.randn(8, 5, requires_grad=True)
+    tau = torch.full((8,), 0.7, requires_grad=True)
+
+    def f(x, tau):
+        soft = discograd.gumbel_softmax(x, tau)
+        hard = discograd.gumbel_softmax(x, 0.5, hard=True)
+        index = discograd.gumbel_max(x.detach())
+        noise = discograd.gumbel_noise(x.detach())
+        return soft, hard, index, noise
+
+    torch._dynamo.reset()
+    soft, hard, index, noise = torch.compile(f, fullgraph=True, backend="aot_eager")(x, tau)
+    (soft.pow(2).sum() + (hard * torch.arange(5.0)).sum()).backward()
+    assert ((hard == 0) | (hard == 1)).all() and (hard.sum(-1) == 1).all()
+    torch.testing.assert_close(soft.sum(-1), torch.ones(8))
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert tau.grad is not None and torch.isfinite(tau.grad).all()
+    assert index.shape == (8,) and noise.shape == x.shape
+    # Inductor compiles the same graph (the operators are opaque calls in its code).
+    y = torch.compile(lambda x: discograd.gumbel_softmax(x, 0.5), fullgraph=True)(x)
+    y.sum().backward()
+    torch.testing.assert_close(y.sum(-1), torch.ones(8))
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels: on a GPU when there is one, else through Triton's CPU interpreter.
+
+TRITON_MISSING = importlib.util.find_spec("triton") is None
+
+
+def triton_interpreter_checks() -> None:
+    """Compare the Triton kernels (run by TRITON_INTERPRET=1 on CPU) with the C++ kernel."""
+    from discograd.kernels import triton_gs
+
+    assert triton_gs.interpreter() and triton_gs.triton is not None, triton_gs._IMPORT_ERROR
+    kernels.status()
+    seed = seed_tensor(-123456789012345)
+    same = torch.ops.discograd
+    got = triton_gs.noise(seed, 3, 150, torch.float32)
+    torch.testing.assert_close(got, same.gumbel_noise(seed, 3, 150, torch.float32))
+    # 300 columns in blocks of 128 (the online softmax), the first 200 masked in one row.
+    x = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
+    x[1, :200] = -math.inf
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dtype)
+        one_hot, y = triton_gs.forward(xd, seed, 0.7, None, True)
+        want_hard, want = same.gumbel_softmax_hard(xd, seed, 0.7, None)
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(y, want, rtol=tol, atol=tol)
+        assert torch.equal(one_hot, want_hard) and y.dtype == dtype
+    assert torch.equal(triton_gs.argmax(x, seed), same.gumbel_argmax(x, seed))
+    tau_rows = torch.rand(4, generator=torch.Generator().manual_seed(1)) + 0.5
+    grad = torch.randn(4, 300, generator=torch.Generator().manual_seed(2))
+    y = same.gumbel_softmax(x, seed, 1.0, tau_rows)
+    gx, gt = triton_gs.backward(grad, y, 1.0, tau_rows, True)
+    want_gx, want_gt = same.gumbel_softmax_backward(grad, y, 1.0, tau_rows, True)
+    torch.testing.assert_close(gx, want_gx, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gt, want_gt, rtol=1e-5, atol=1e-6)
+    print("triton interpreter ok")
+
+
+@pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
+def test_triton_kernels_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    code = "from tests.test_kernels import triton_interpreter_checks as c; c()"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "triton interpreter ok" in out.stdout
+
+
+def test_cuda_status_is_reported():
+    state = kernels.status()["cuda"]
+    assert state["path"] in ("fast", "reference") and state["reason"]
+    if not torch.cuda.is_available():
+        assert state["path"] == "reference"
+        assert ("not installed" in state["reason"]) == TRITON_MISSING
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_on_gpu(dtype):
+    probs = torch.softmax(LOGITS.double(), -1).numpy()
+    x = LOGITS.to(device="cuda", dtype=dtype).expand(200_000, -1)
+    index = discograd.gumbel_max(x, generator=torch.Generator("cuda").manual_seed(0))
+    counts = np.bincount(index.cpu().numpy(), minlength=LOGITS.numel())
+    assert counts[~UNMASKED].sum() == 0
+    assert chi_square_pvalue(counts[UNMASKED], probs[UNMASKED]) > 1e-4
+    long_rows = torch.randn(4, 2**17, device="cuda", dtype=dtype, requires_grad=True)
+    y = discograd.gumbel_softmax(long_rows, 0.5, hard=True)
+    assert (y.sum(-1) == 1).all() and ((y == 0) | (y == 1)).all()
+    (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(long_rows.grad).all()
