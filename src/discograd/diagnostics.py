@@ -187,13 +187,14 @@ def _out_ndim(f: LossFn, logits: Tensor, distribution: str) -> int:
 
 def exact_gradient(
     f: LossFn,
-    logits: Tensor,
+    logits: Union[Tensor, Distribution],
     *,
     distribution: str = "categorical",
     max_configurations: int = 2**16,
 ) -> Optional[Tensor]:
     """The gradient of E[sum of f's outputs] in ``logits`` by enumeration, or None when the
-    enumeration would exceed ``max_configurations`` (or no ``exact`` estimator is registered).
+    enumeration would exceed ``max_configurations`` (or no ``exact`` estimator is registered,
+    or ``logits`` is a torch Distribution).
     """
     if "exact" not in available() or isinstance(logits, Distribution):
         return None
@@ -299,7 +300,10 @@ def gradient_stats(
     else:
         draws, seconds = _draws_loop(estimator, counted, logits, n, distribution, generator, params)
         calls = n
-    shape = logits.shape if not params else torch.Size([draws.shape[1]])
+    if isinstance(logits, Tensor) and not params:  # without params logits is a Tensor (above)
+        shape = logits.shape
+    else:
+        shape = torch.Size([draws.shape[1]])
     evals = counted.evaluations / calls if counted.calls else None
     stats = _summarize(draws, None if exact is None else exact.reshape(-1).double())
     return GradientStats(
@@ -436,8 +440,10 @@ def _options_of(est: Any) -> Dict[str, Any]:
         if key == "self":
             continue
         value: Any = getattr(est, key, None)
-        if key in ("tau", "temperature") and callable(getattr(est, "temperature", None)):
-            value = est.temperature()  # the current value of a schedule or learned temperature
+        if key in ("tau", "temperature"):
+            temperature = getattr(est, "temperature", None)
+            if callable(temperature):
+                value = temperature()  # the current value of a schedule or learned temperature
         if isinstance(value, Tensor) and value.numel() == 1:
             value = float(value.detach())
         if isinstance(value, (int, float, str, bool)):

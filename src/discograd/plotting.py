@@ -45,8 +45,8 @@ def image_grid(
 
     Rows are filled in order; ``row_labels`` (one per row) are written at the left.
     """
-    arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, float)
-    arr = arr.reshape((-1,) + tuple(image_shape))
+    raw = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, float)
+    arr: np.ndarray = raw.reshape((-1,) + tuple(image_shape))  # numpy's stubs say 0-d
     n = arr.shape[0]
     nrows = max(1, -(-n // ncols))
     h, w = image_shape

@@ -35,7 +35,10 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, cast
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 USER_FUNCTION_HELP = (
     "your own problem. FUNCTION takes no arguments and returns a "
@@ -283,7 +286,7 @@ def load_function(spec: str):
             raise UsageError(f"--function {spec}: the first element (f) is not callable")
         return Problem(
             name=spec,
-            f=f,
+            f=cast("Callable[[Tensor], Tensor]", f),  # the user's function, trusted as a loss
             logits=logits,
             distribution=distribution,
             description=f"user function {spec}",

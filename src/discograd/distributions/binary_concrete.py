@@ -24,12 +24,13 @@ input the same way: its value at 0 or 1 is that of the nearest representable int
 from __future__ import annotations
 
 from numbers import Number
-from typing import Optional, Union
+from typing import ClassVar, Dict, Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution, constraints
+from torch.distributions.constraints import Constraint
 from torch.distributions.utils import lazy_property
 from torch.types import _size
 
@@ -76,12 +77,13 @@ class BinaryConcrete(Distribution):
     ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
     """
 
-    arg_constraints = {
+    # Class attributes overriding torch's properties of the same names, as torch's own do.
+    arg_constraints: ClassVar[Dict[str, Constraint]] = {
         "temperature": constraints.positive,
         "logits": constraints.real,
         "probs": constraints.unit_interval,
     }
-    support = constraints.unit_interval
+    support: ClassVar[Constraint] = constraints.unit_interval
     has_rsample = True
 
     def __init__(
@@ -95,7 +97,9 @@ class BinaryConcrete(Distribution):
             raise ValueError("exactly one of logits or probs must be given")
         check_tau(temperature, name="temperature")
         name = "logits" if logits is not None else "probs"
-        param = _as_tensor(logits if logits is not None else probs, name)
+        raw = logits if logits is not None else probs
+        assert raw is not None, "exactly one of logits or probs is given"
+        param = _as_tensor(raw, name)
         if validate_args_enabled():
             if torch.isnan(param).any():
                 raise ValueError(f"{name} contains NaN")
@@ -114,22 +118,18 @@ class BinaryConcrete(Distribution):
             ) from None
         self.temperature = temperature.expand(batch_shape)
         self._param = param.expand(batch_shape)
-        if logits is not None:
-            self.logits = self._param
-        else:
-            self.probs = self._param
+        # The given parameter goes into the instance __dict__, where lazy_property looks first.
+        self.__dict__["logits" if logits is not None else "probs"] = self._param
         super().__init__(batch_shape, validate_args=validate_args)
 
     def expand(self, batch_shape: _size, _instance=None) -> BinaryConcrete:
-        new = self._get_checked_instance(BinaryConcrete, _instance)
+        new = cast(BinaryConcrete, self._get_checked_instance(BinaryConcrete, _instance))
         batch_shape = torch.Size(batch_shape)
         new.temperature = self.temperature.expand(batch_shape)
         if "logits" in self.__dict__:
-            new.logits = self.logits.expand(batch_shape)
-            new._param = new.logits
+            new._param = new.__dict__["logits"] = self.logits.expand(batch_shape)
         if "probs" in self.__dict__:
-            new.probs = self.probs.expand(batch_shape)
-            new._param = new.probs
+            new._param = new.__dict__["probs"] = self.probs.expand(batch_shape)
         super(BinaryConcrete, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new

@@ -30,11 +30,12 @@ left out of the density, which is then that of the face of the other :math:`n` c
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Dict, Optional, cast
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
+from torch.distributions.constraints import Constraint
 from torch.types import _size
 
 from discograd.distributions.exp_concrete import (
@@ -72,12 +73,13 @@ class Concrete(Distribution):
     Jang, Gu, Poole, "Categorical Reparameterization with Gumbel-Softmax", 2016.
     """
 
-    arg_constraints = {
+    # Class attributes overriding torch's properties of the same names, as torch's own do.
+    arg_constraints: ClassVar[Dict[str, Constraint]] = {
         "temperature": constraints.positive,
         "logits": constraints.real_vector,
         "probs": constraints.simplex,
     }
-    support = constraints.simplex
+    support: ClassVar[Constraint] = constraints.simplex
     has_rsample = True
 
     def __init__(
@@ -93,7 +95,7 @@ class Concrete(Distribution):
         )
 
     def expand(self, batch_shape: _size, _instance=None) -> Concrete:
-        new = self._get_checked_instance(Concrete, _instance)
+        new = cast(Concrete, self._get_checked_instance(Concrete, _instance))
         batch_shape = torch.Size(batch_shape)
         new.base_dist = self.base_dist.expand(batch_shape)
         super(Concrete, new).__init__(batch_shape, self.event_shape, validate_args=False)

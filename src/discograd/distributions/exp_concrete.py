@@ -28,11 +28,12 @@ Relaxation of Discrete Random Variables", 2016 (ICLR 2017); E. Jang, S. Gu, B. P
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import ClassVar, Dict, Optional, Tuple, Union, cast
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
+from torch.distributions.constraints import Constraint
 from torch.distributions.utils import lazy_property
 from torch.types import _size
 
@@ -156,12 +157,14 @@ class ExpConcrete(Distribution):
     ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
     """
 
-    arg_constraints = {
+    # Class attributes overriding torch's properties of the same names, as torch's own do.
+    arg_constraints: ClassVar[Dict[str, Constraint]] = {
         "temperature": constraints.positive,
         "logits": constraints.real_vector,
         "probs": constraints.simplex,
     }
-    support = constraints.real_vector  # the true support is the manifold logsumexp(y) = 0
+    # The true support is the manifold logsumexp(y) = 0.
+    support: ClassVar[Constraint] = constraints.real_vector
     has_rsample = True
 
     def __init__(
@@ -172,25 +175,25 @@ class ExpConcrete(Distribution):
         validate_args: Optional[bool] = None,
     ) -> None:
         self.temperature, logits, probs, batch_shape = concrete_params(temperature, logits, probs)
+        # The given parameter goes into the instance __dict__, where lazy_property looks first.
         if logits is not None:
-            self.logits = logits
+            self.__dict__["logits"] = logits
             self._param = logits
         else:
-            self.probs = probs
+            assert probs is not None, "concrete_params returns logits or probs"
+            self.__dict__["probs"] = probs
             self._param = probs
         super().__init__(batch_shape, self._param.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape: _size, _instance=None) -> ExpConcrete:
-        new = self._get_checked_instance(ExpConcrete, _instance)
+        new = cast(ExpConcrete, self._get_checked_instance(ExpConcrete, _instance))
         batch_shape = torch.Size(batch_shape)
         new.temperature = self.temperature.expand(batch_shape)
         full = batch_shape + self.event_shape
         if "logits" in self.__dict__:
-            new.logits = self.logits.expand(full)
-            new._param = new.logits
+            new._param = new.__dict__["logits"] = self.logits.expand(full)
         if "probs" in self.__dict__:
-            new.probs = self.probs.expand(full)
-            new._param = new.probs
+            new._param = new.__dict__["probs"] = self.probs.expand(full)
         super(ExpConcrete, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new

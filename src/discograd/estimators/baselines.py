@@ -18,7 +18,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from discograd.estimators._family import Family
+from discograd.estimators._family import BernoulliFamily, CategoricalFamily, Family, TorchFamily
 
 
 def baseline_features(family: Family, out_ndim: int) -> Tensor:
@@ -27,19 +27,22 @@ def baseline_features(family: Family, out_ndim: int) -> Tensor:
     The logits; for a torch Distribution its mean, or its logits where the mean has no closed
     form (Concrete, RelaxedOneHotCategorical).
     """
-    if hasattr(family, "logits"):
+    if isinstance(family, (CategoricalFamily, BernoulliFamily)):
         x = family.logits
     else:
         try:
             x = family.mean()
         except NotImplementedError:
-            dist = family.dist  # type: ignore[attr-defined]
-            if not hasattr(dist, "logits"):
+            if not isinstance(family, TorchFamily):
+                raise
+            dist = family.dist
+            logits = getattr(dist, "logits", None)  # only some torch Distributions have logits
+            if logits is None:
                 raise ValueError(
                     f"an input-dependent baseline needs the mean or the logits of the "
                     f"distribution; {type(dist).__name__} has neither"
                 ) from None
-            x = dist.logits
+            x = logits
     out_shape = tuple(family.row_shape[:out_ndim])
     # A masked (-inf) logit would make a network's output NaN; far below any live logit will do.
     return x.detach().clamp_min(-30.0).reshape(out_shape + (-1,))
@@ -62,6 +65,9 @@ class Baseline(nn.Module):
 
 class EMABaseline(Baseline):
     """b = running average of f: b <- decay * b + (1 - decay) * mean(f)."""
+
+    value: Tensor  # buffers, declared for the type checker (nn.Module types them loosely)
+    initialized: Tensor
 
     def __init__(self, decay: float = 0.9) -> None:
         super().__init__()

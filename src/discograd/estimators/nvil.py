@@ -19,9 +19,9 @@ Bias: b, c and v do not depend on the current samples, so
 
 - ``normalize=False`` (the default): unbiased.
 - ``normalize=True`` (the paper's setting): the gradient reaching the logits is an unbiased
-  estimate of :math:`\nabla_\theta\mathbb{E}[f] / \max(1, \sqrt{v})`: the direction is unbiased, the length
-  is rescaled by a positive factor that changes over training (an adaptive step size). f's own
-  parameters still get the unscaled :math:`\nabla f(z)`.
+  estimate of :math:`\nabla_\theta\mathbb{E}[f] / \max(1, \sqrt{v})`: the direction is
+  unbiased, the length is rescaled by a positive factor that changes over training (an
+  adaptive step size). f's own parameters still get the unscaled :math:`\nabla f(z)`.
 
 Cost: S evaluations of f and one pass of the baseline network. Works for categorical,
 Bernoulli and any ``torch.distributions.Distribution`` (the network then sees its mean).

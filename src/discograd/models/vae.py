@@ -28,7 +28,7 @@ Numbers are reported as negative bounds in nats per example (lower is better).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,11 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(a, b))
     return nn.Sequential(*layers)
+
+
+def _output_layer(net: nn.Sequential) -> nn.Linear:
+    """The last layer of an :func:`mlp` (a Linear; Sequential's indexing types it as Module)."""
+    return cast(nn.Linear, net[-1])
 
 
 class DiscreteVAE(nn.Module):
@@ -105,7 +110,7 @@ class DiscreteVAE(nn.Module):
         marginal intensities instead of spending its first steps finding them."""
         p = mean.clamp(1e-3, 1 - 1e-3)
         with torch.no_grad():
-            self.decoder[-1].bias.copy_(torch.log(p) - torch.log1p(-p))
+            _output_layer(self.decoder).bias.copy_(torch.log(p) - torch.log1p(-p))
 
     # -- the two networks ---------------------------------------------------------------------
 
@@ -205,7 +210,7 @@ class DiscreteVAE(nn.Module):
 
     def sample_prior(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Pixel probabilities (n, D) of the decoder at n draws from the uniform prior."""
-        device = self.decoder[-1].weight.device
+        device = _output_layer(self.decoder).weight.device
         shape = (n, self.n_latent) + ((self.n_classes,) if self._cat else ())
         z = self.family(torch.zeros(shape, device=device)).sample(1, generator)[0]
         return torch.sigmoid(self.decode(z))
@@ -283,7 +288,7 @@ class VAEExperiment:
     @torch.no_grad()
     def evaluate(self, split: str, generator: torch.Generator) -> Dict[str, float]:
         x_all = self.binarized(split)
-        device = self.model.decoder[-1].weight.device
+        device = _output_layer(self.model.decoder).weight.device
         sums = {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0, "neg_iw": 0.0}
         for start in range(0, x_all.shape[0], self.eval_batch_size):
             x = x_all[start : start + self.eval_batch_size].to(device)
