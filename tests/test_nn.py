@@ -370,14 +370,6 @@ def test_torch_compile_inductor_matches_eager():
         _compiled_matches_eager("inductor")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug outside discograd.nn: ops.standard_exponential calls torch.rand(shape, "
-        "generator=None), which torch 2.13 cannot trace with dynamic shapes (the recompile at a "
-        "second shape); fix: pass generator= only when it is not None"
-    ),
-)
 def test_torch_compile_reference_path_at_a_second_shape(monkeypatch):
     monkeypatch.setenv("DISCOGRAD_DISABLE_KERNELS", "1")  # the pure-PyTorch sampler
     compiled = torch.compile(dnn.GumbelSoftmax(tau=0.5), backend="eager")

@@ -49,10 +49,13 @@ def standard_exponential(
     *,
     generator: Optional[torch.Generator] = None,
     dtype: torch.dtype = torch.float32,
-    device: Optional[torch.device] = None,
+    device: Optional[Union[torch.device, str]] = None,
 ) -> Tensor:
     """Exp(1) draws that are strictly positive and finite (float32 or float64 only)."""
-    r = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    # generator= only when given: torch.compile cannot trace torch.rand(generator=None) under
+    # dynamic shapes.
+    kwargs = {} if generator is None else {"generator": generator}
+    r = torch.rand(shape, dtype=dtype, device=device, **kwargs)
     # torch.rand yields multiples of 2^-p (p = 24 for float32, 53 for float64); adding half a
     # cell gives the cell midpoint u, which is exact in either branch below.
     half_cell = 2.0 ** -(54 if dtype == torch.float64 else 25)
@@ -115,8 +118,8 @@ def _one_hot(index: Tensor, like: Tensor, dim: int) -> Tensor:
 
 
 class _StraightThrough(torch.autograd.Function):
-    # A custom function, rather than `hard - soft.detach() + soft`, keeps the forward value
-    # exactly one-hot: the arithmetic form rounds 1 - y + y to values like 0.99999994.
+    # The forward value is `hard` itself, bit for bit, for any `hard` (k-hot, scaled, ...), with
+    # no arithmetic on the sample and no temporaries, unlike `hard - soft.detach() + soft`.
     @staticmethod
     def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
         return hard.clone()
@@ -177,7 +180,9 @@ def _tau_for(tau: TauLike, logits: Tensor, dim: int) -> Union[float, Tensor]:
             f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
             f"{tuple(batch_shape)} of logits (logits' shape without dim={dim})"
         ) from None
-    return tau.expand(batch_shape).unsqueeze(dim).to(compute_dtype(logits.dtype))
+    # Convert before broadcasting: in half precision the expanded tau's gradient would be summed
+    # in half precision and overflow.
+    return tau.to(compute_dtype(logits.dtype)).expand(batch_shape).unsqueeze(dim)
 
 
 def _tempered(scores: Tensor, tau: Union[float, Tensor]) -> Tensor:
