@@ -22,6 +22,20 @@ and ``checkpoint.pt``, written atomically (temporary file, fsync, ``os.replace``
 (baselines, control variates, temperature step counters), the state of every generator and the
 position in the data, so that ``resume=True`` continues the run exactly: on CPU, an interrupted
 and resumed run ends with the same parameters, bit for bit, as an uninterrupted one.
+
+Several processes. Started by torchrun (``WORLD_SIZE`` > 1 in the environment) or inside a
+process group the caller initialised, :func:`fit` trains with DistributedDataParallel:
+``batch_size`` stays the GLOBAL batch, each rank trains on its share of it with its own
+estimator noise, gradients and logged numbers are averaged over the ranks, and only rank 0
+evaluates and writes files (see :mod:`discograd.distributed` for the arithmetic). Checkpoints
+hold every rank's random state, and a resumed run continues exactly with the same number of
+processes (with another number, the data order still continues exactly; the new ranks' noise
+is reseeded).
+
+Numerics. ``precision="bf16"`` or ``"fp16"`` runs the experiment's loss under torch.autocast
+(fp16 with a GradScaler, whose state the checkpoint keeps); evaluation stays in full precision.
+``compile=True`` hands the training step (the experiment's loss through the model and the
+estimator, and its backward) to torch.compile.
 """
 
 from __future__ import annotations
@@ -41,7 +55,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from discograd import distributed
+from discograd.distributed import Context
+
 __all__ = [
+    "PRECISIONS",
     "CheckpointError",
     "Experiment",
     "FitResult",
@@ -57,7 +75,8 @@ __all__ = [
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
-_FORMAT = 1  # checkpoint layout version
+_FORMAT = 1  # checkpoint layout version (later keys are optional: old checkpoints still load)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class CheckpointError(RuntimeError):
@@ -72,7 +91,10 @@ class NonFiniteLossError(FloatingPointError):
 class TrainConfig:
     """Settings of the loop (the experiment holds its own: model sizes, estimator, ...).
 
-    ``eval_every`` / ``ckpt_every`` / ``log_every`` of 0 mean: only at the end.
+    ``eval_every`` / ``ckpt_every`` / ``log_every`` of 0 mean: only at the end. ``batch_size``
+    is the global batch, shared among the processes of a multi-process run. ``precision``:
+    ``"fp32"``, or ``"bf16"`` / ``"fp16"`` for mixed precision (torch.autocast; fp16 with a
+    GradScaler). ``compile``: torch.compile the training step.
     """
 
     steps: int = 2000
@@ -89,6 +111,8 @@ class TrainConfig:
     eval_splits: Tuple[str, ...] = ("valid",)
     final_splits: Tuple[str, ...] = ("valid", "test")
     device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "ckpt_every", "log_every"):
@@ -103,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be finite and >= 0, got {self.grad_clip!r}")
         if self.resume and not self.out_dir:
             raise ValueError("resume=True needs out_dir (where the checkpoint is)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self.eval_splits = tuple(self.eval_splits)
         self.final_splits = tuple(self.final_splits)
 
@@ -115,6 +143,15 @@ class Experiment(Protocol):
     batches of ONE epoch, drawing all its randomness (order, binarization) from ``generator``;
     ``loss`` gives a scalar to minimize and a dict of numbers to log; ``evaluate`` gives a dict
     of numbers for a split; ``config_dict`` a JSON-serialisable description of the experiment.
+
+    Several processes: ``loss`` should be a MEAN over the batch's examples (each rank's is
+    weighted by its share of the rows). An experiment may define ``shard_batch(batch, rank,
+    world_size) -> (share, weight)`` to split its batches otherwise than
+    :func:`discograd.distributed.shard`. A second optimizer stepped inside ``loss`` (a GAN's
+    discriminator) must average its gradients with
+    :func:`discograd.distributed.all_reduce_gradients` before its step, and the experiment
+    must name its parameters in ``separately_optimized() -> Iterable[Parameter]`` so that
+    DistributedDataParallel leaves them alone.
     """
 
     model: nn.Module
@@ -139,6 +176,7 @@ class FitResult:
     final: Dict[str, Dict[str, float]]
     elapsed: float
     out_dir: Optional[str] = None
+    world_size: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,59 +258,122 @@ _CHECKPOINT_KEYS = ("format", "step", "model", "estimator", "optimizer", "rng", 
 
 def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
     """Train ``experiment`` for ``config.steps`` optimizer steps (see the module docstring)."""
-    cfg = config
-    device = torch.device(cfg.device)
+    ctx, device = distributed.setup(config.device)
+    try:
+        return _fit(experiment, config, ctx, device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.device) -> FitResult:
+    main = ctx.is_main  # rank 0: the only process that evaluates and writes files
+    if cfg.batch_size < ctx.world_size:
+        raise ValueError(
+            f"batch_size ({cfg.batch_size}) is the global batch: it must be at least the number "
+            f"of processes ({ctx.world_size})"
+        )
     model = experiment.model.to(device)
     estimator = experiment.estimator.to(device)
     optimizer = torch.optim.Adam(_unique_parameters(model, estimator), lr=cfg.lr)
-    run_config = _run_config(experiment, cfg)
+    amp = _Precision(cfg.precision, device)
+    if cfg.precision == "fp16" and device.type == "cpu":
+        _say(cfg, "precision fp16 on CPU: most processors lack fast fp16 kernels, so expect it "
+                  "to be slower than fp32 (bf16 is the CPU's mixed precision)")  # fmt: skip
+    run_config = _run_config(experiment, cfg, ctx)
 
-    # Generators: data order/binarization, estimator noise, evaluation, torch's global one.
+    # Generators: data order/binarization (shared by the ranks, which split each batch),
+    # estimator noise and torch's global one (per rank), evaluation.
     data_seed, noise_seed, eval_seed, global_seed = _derive_seeds(cfg.seed)
+    noise_seed = distributed.rank_seed(noise_seed, ctx.rank)
+    global_seed = distributed.rank_seed(global_seed, ctx.rank)
     data_gen = torch.Generator().manual_seed(data_seed)
     noise_gen = torch.Generator(device).manual_seed(noise_seed)
 
     out = Path(cfg.out_dir) if cfg.out_dir else None
     ckpt_path = out / CHECKPOINT_FILE if out else None
-    step, elapsed, data_pos, acc, global_state, resumed = 0, 0.0, None, {}, None, False
-    if out:
+    step, elapsed, data_pos, acc, rng_state, resumed = 0, 0.0, None, {}, None, False
+    if out and main:
         out.mkdir(parents=True, exist_ok=True)
-    if cfg.resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_same_run(json.loads(ckpt["config"]), run_config, ckpt_path)
+    ckpt = _read_for_resume(ckpt_path, run_config, ctx) if cfg.resume else None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         estimator.load_state_dict(ckpt["estimator"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        noise_gen.set_state(ckpt["rng"]["noise"])
-        global_state = ckpt["rng"]["global"]
+        amp.load_state_dict(ckpt.get("scaler"))
         step, elapsed, data_pos, acc = ckpt["step"], ckpt["elapsed"], ckpt["data"], ckpt["acc"]
+        rng_state = _rank_rng_state(ckpt, ctx, (noise_seed, global_seed), device)
+        try:
+            noise_gen.set_state(rng_state["noise"])
+        except RuntimeError:  # a state saved on another kind of device (--device changed)
+            noise_gen.manual_seed(distributed.rank_seed(noise_seed, ctx.rank, step))
+            _say(cfg, "the checkpoint's noise generator is another device's: reseeded")
         resumed = True
         _say(cfg, f"resuming from step {step} ({ckpt_path})")
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != ctx.world_size:
+            _say(
+                cfg,
+                f"the checkpoint is from {saved_world} process(es), this run has "
+                f"{ctx.world_size}: the data order continues exactly, the estimator noise of "
+                f"ranks without a saved state is reseeded (not bit-identical to an "
+                f"uninterrupted run)",
+            )
     elif cfg.resume:
         _say(cfg, f"no checkpoint in {out}; starting from step 0")
-    elif ckpt_path is not None and ckpt_path.exists():
+    elif main and ckpt_path is not None and ckpt_path.exists():
         # A new run: a later resume must not find the previous run's checkpoint.
         _say(cfg, f"new run in {out}: removing the previous run's checkpoint")
         ckpt_path.unlink()
-    if out:
+    if out and main:
         _write_json(out / CONFIG_FILE, run_config)
-    log = _MetricsLog(out / METRICS_FILE if out else None, keep_until=step if resumed else None)
+    log = _MetricsLog(
+        out / METRICS_FILE if out and main else None, keep_until=step if resumed else None
+    )
+
+    # The training step as one module (the experiment's loss through the model and the
+    # estimator), so that DistributedDataParallel can hook every parameter's gradient and
+    # torch.compile can trace it.
+    step_fn: nn.Module = _LossModule(experiment)
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        own = getattr(experiment, "separately_optimized", None)
+        if callable(own):  # stepped inside loss, averaged by the experiment itself
+            ids = {id(p) for p in own()}
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                step_fn, [n for n, p in step_fn.named_parameters() if id(p) in ids]
+            )
+        step_fn = DistributedDataParallel(
+            step_fn,
+            device_ids=[device] if device.type == "cuda" else None,
+            # Some parameters may get no gradient (an estimator's unused learned part), the
+            # same ones at every step: DDP learns which at the first step instead of
+            # searching the graph at every step.
+            static_graph=True,
+        )
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
+    shard_batch = getattr(experiment, "shard_batch", distributed.shard)
 
     def evaluate(splits: Iterable[str], final: bool = False) -> Dict[str, Dict[str, float]]:
-        model.eval()
-        estimator.eval()
-        results = {}
-        with torch.no_grad():
-            for split in splits:
-                gen = torch.Generator(device).manual_seed(eval_seed)
-                metrics = {k: _number(v) for k, v in experiment.evaluate(split, gen).items()}
-                row = {"step": step, "time": _round(clock()), "split": split, **metrics}
-                log.write({**row, "final": True} if final else row)
-                results[split] = metrics
-        return results
+        results: Dict[str, Dict[str, float]] = {}
+        if main:
+            model.eval()
+            estimator.eval()
+            with torch.no_grad():
+                for split in splits:
+                    gen = torch.Generator(device).manual_seed(eval_seed)
+                    metrics = {k: _number(v) for k, v in experiment.evaluate(split, gen).items()}
+                    row = {"step": step, "time": _round(clock()), "split": split, **metrics}
+                    log.write({**row, "final": True} if final else row)
+                    results[split] = metrics
+        return distributed.broadcast_object(results, ctx) if final else results
 
     def checkpoint() -> None:
         if ckpt_path is None:
+            return
+        rngs = distributed.gather_objects(_rng_state(noise_gen, device), ctx)
+        if not main:
             return
         state = {
             "format": _FORMAT,
@@ -281,9 +382,12 @@ def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
             "model": model.state_dict(),
             "estimator": estimator.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": {"noise": noise_gen.get_state(), "global": torch.get_rng_state()},
+            # Rank 0's generators, then the other ranks' in rank order.
+            "rng": {**rngs[0], "ranks": rngs[1:]},
             "data": data.position(),
             "acc": acc,
+            "world_size": ctx.world_size,
+            "scaler": amp.state_dict(),
             # A JSON string, so that the checkpoint loads with weights_only=True.
             "config": json.dumps(run_config, sort_keys=True, default=str),
         }
@@ -296,8 +400,10 @@ def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(global_seed)
-        if global_state is not None:
-            torch.set_rng_state(global_state)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state["global"])
+            if device.type == "cuda" and "cuda" in rng_state:
+                torch.cuda.set_rng_state(rng_state["cuda"], device)
         try:
             data = _DataStream(experiment, cfg.batch_size, data_gen, data_pos)
         except CheckpointError as exc:
@@ -307,15 +413,20 @@ def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
         def clock() -> float:
             return time.perf_counter() - start
 
-        bar = _progress(cfg, step)
+        bar = _progress(cfg, step, main)
         while step < cfg.steps:
-            batch = _to_device(data.next(), device)
+            # The global batch, identical on every rank; this rank's share and its weight.
+            batch, weight = shard_batch(data.next(), ctx.rank, ctx.world_size)
+            batch = _to_device(batch, device)
             model.train()
             estimator.train()
-            loss, metrics = experiment.loss(batch, step, generator=noise_gen)
-            if not bool(torch.isfinite(loss.detach()).all()):
+            with amp.autocast():
+                loss, metrics = step_fn(batch, step, noise_gen)
+            metrics = {"loss": loss.detach(), **metrics}
+            finite, metrics = _reduce_metrics(loss, metrics, weight, ctx, device)
+            if not finite:
                 msg = (
-                    f"loss is {float(loss.detach())} at step {step + 1}: stopping early "
+                    f"loss is {metrics['loss']} at step {step + 1}: stopping early "
                     f"(parameters are those after step {step}"
                     + (f"; last checkpoint in {ckpt_path})" if ckpt_path else ")")
                 )
@@ -327,18 +438,19 @@ def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
             if logging:
                 info = _estimator_info(estimator)  # the temperature this step used
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: weighting makes that the batch mean's gradient.
+            amp.backward(loss if weight == 1.0 else loss * weight)
             if cfg.grad_clip:
+                amp.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip)
-            optimizer.step()
+            amp.step(optimizer)
             if callable(getattr(estimator, "step", None)):
                 estimator.step()  # temperature schedules count optimizer steps
             step += 1
 
             # Log the loss terms averaged over the steps since the last row.
-            metrics = {"loss": loss.detach(), **metrics}
             for key, value in metrics.items():
-                acc[key] = acc.get(key, 0.0) + _number(value)
+                acc[key] = acc.get(key, 0.0) + value
             acc["_n"] = acc.get("_n", 0) + 1
             bar.update(1)
             if logging:
@@ -346,6 +458,7 @@ def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
                 row = {"step": step, "time": _round(clock()), "split": "train"}
                 row.update({k: v / n for k, v in acc.items()})
                 row.update(info)
+                row.update(amp.info())
                 log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
                 acc = {}
@@ -356,11 +469,141 @@ def fit(experiment: Experiment, config: TrainConfig) -> FitResult:
         bar.close()
         checkpoint()
         final = evaluate(cfg.final_splits, final=True)
-    return FitResult(step=step, final=final, elapsed=clock(), out_dir=cfg.out_dir)
+    return FitResult(
+        step=step, final=final, elapsed=clock(), out_dir=cfg.out_dir, world_size=ctx.world_size
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers of the loop.
+
+
+class _LossModule(nn.Module):
+    """``experiment.loss`` as a module whose submodules are the model and the estimator."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        super().__init__()
+        self.model, self.estimator = experiment.model, experiment.estimator
+        self._experiment = [experiment]  # in a list: not a submodule, not in the state dict
+
+    def forward(
+        self, batch: Any, step: int, generator: torch.Generator
+    ) -> Tuple[Tensor, Dict[str, Any]]:
+        return self._experiment[0].loss(batch, step, generator=generator)
+
+
+class _Precision:
+    """torch.autocast around the loss, and for fp16 a GradScaler: the loss is multiplied by a
+    scale S before backward (small fp16 gradients would underflow to 0), the gradients divided
+    by S before the update, and S halved (the step skipped) when they overflow."""
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        self.precision, self.device = precision, device
+        self.dtype = self.DTYPES[precision]
+        if self.dtype is not None and not torch.amp.is_autocast_available(device.type):
+            raise ValueError(
+                f"precision {precision!r}: torch.autocast does not support device type "
+                f"{device.type!r}; use precision 'fp32'"
+            )
+        if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                f"precision 'bf16': {torch.cuda.get_device_name(device)} has no bfloat16; "
+                f"use 'fp16' or 'fp32'"
+            )
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)  # skipped when a gradient is inf/NaN
+            self.scaler.update()
+
+    def info(self) -> Dict[str, float]:
+        return {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}
+
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def _read_for_resume(path: Optional[Path], run_config: Dict[str, Any], ctx: Context) -> Any:
+    """The checkpoint to resume from (None: there is none), read on rank 0 and sent to every
+    rank (no shared file system needed); a bad one raises CheckpointError on every rank."""
+    payload: Any = None
+    if ctx.is_main and path is not None and path.exists():
+        try:
+            payload = load_checkpoint(path)
+            _check_same_run(json.loads(payload["config"]), run_config, path)
+        except CheckpointError as exc:
+            if not ctx.distributed:
+                raise
+            payload = exc
+    payload = distributed.broadcast_object(payload, ctx)
+    if isinstance(payload, CheckpointError):
+        raise payload
+    return payload
+
+
+def _rng_state(noise_gen: torch.Generator, device: torch.device) -> Dict[str, Tensor]:
+    state = {"noise": noise_gen.get_state(), "global": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _rank_rng_state(
+    ckpt: Dict[str, Any], ctx: Context, seeds: Tuple[int, int], device: torch.device
+) -> Dict[str, Tensor]:
+    """This rank's saved generator states; fresh ones, seeded from (seed, rank, step), for a
+    rank the checkpointed run did not have."""
+    saved = [{k: v for k, v in ckpt["rng"].items() if k != "ranks"}]
+    saved += list(ckpt["rng"].get("ranks", []))
+    if ctx.rank < len(saved):
+        return saved[ctx.rank]
+    step = int(ckpt["step"])
+    noise = torch.Generator(device).manual_seed(distributed.rank_seed(seeds[0], ctx.rank, step))
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(distributed.rank_seed(seeds[1], ctx.rank, step))
+        global_state = torch.get_rng_state()
+    return {"noise": noise.get_state(), "global": global_state}
+
+
+def _reduce_metrics(
+    loss: Tensor, metrics: Dict[str, Any], weight: float, ctx: Context, device: torch.device
+) -> Tuple[bool, Dict[str, Any]]:
+    """(whether the loss is finite on every rank, the logged numbers averaged over the ranks
+    weighted by their rows); one all-reduce of a few numbers a step."""
+    values = {k: _number(v) for k, v in metrics.items()}
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if not ctx.distributed:
+        return finite, values
+    scalars = sorted(k for k, v in values.items() if isinstance(v, (int, float)))
+    local = [weight, float(finite)] + [weight * values[k] if weight else 0.0 for k in scalars]
+    total = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device), ctx)
+    total = total.tolist()
+    if total[1] < ctx.world_size:
+        finite = False
+    for i, key in enumerate(scalars):
+        values[key] = total[2 + i] / total[0]
+    return finite, values
 
 
 class _DataStream:
@@ -446,14 +689,14 @@ class _MetricsLog:
             fh.write(json.dumps(row) + "\n")
 
 
-def _progress(cfg: TrainConfig, initial: int):
+def _progress(cfg: TrainConfig, initial: int, main: bool = True):
     from tqdm.auto import tqdm
 
     # disable=None: tqdm turns itself off when stderr is not a terminal.
     return tqdm(
         total=cfg.steps,
         initial=initial,
-        disable=True if cfg.quiet else None,
+        disable=True if cfg.quiet or not main else None,
         dynamic_ncols=True,
         desc="train",
     )
@@ -476,29 +719,37 @@ def _unique_parameters(*modules: nn.Module) -> List[nn.Parameter]:
     return params
 
 
-def _run_config(experiment: Experiment, cfg: TrainConfig) -> Dict[str, Any]:
+def _run_config(experiment: Experiment, cfg: TrainConfig, ctx: Context) -> Dict[str, Any]:
     from discograd import __version__
 
-    return {
+    config = {
         "train": dataclasses.asdict(cfg),
         "experiment": experiment.config_dict(),
         "versions": {"discograd": __version__, "torch": torch.__version__},
     }
+    if ctx.distributed:
+        config["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend}
+    return config
 
 
-# Settings that may change between a run and its resumption without changing the trajectory.
+# Settings that may change between a run and its resumption without changing the trajectory
+# (compile: but for rounding).
 _RESUMABLE = {
     "steps", "resume", "quiet", "eval_every", "ckpt_every", "log_every", "out_dir",
-    "eval_splits", "final_splits", "device",
+    "eval_splits", "final_splits", "device", "compile",
 }  # fmt: skip
 
 
 def _check_same_run(saved: Dict[str, Any], current: Dict[str, Any], path: Path) -> None:
     # Through JSON, as the saved one went: tuples become lists.
     current = json.loads(json.dumps(current, sort_keys=True, default=str))
+    # A setting added to TrainConfig after the checkpoint was written had its default then.
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig()), default=str))
     diffs = []
     for section in ("train", "experiment"):
         old, new = saved.get(section, {}), current.get(section, {})
+        if section == "train":
+            old = {**defaults, **old}
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key) and not (section == "train" and key in _RESUMABLE):
                 diffs.append(f"{section}.{key}")
@@ -562,5 +813,5 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _say(cfg: TrainConfig, message: str) -> None:
-    if not cfg.quiet:
+    if not cfg.quiet and distributed.is_main():
         print(message, file=sys.stdout, flush=True)

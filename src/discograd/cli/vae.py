@@ -16,6 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from discograd.cli._common import (
+    add_training_options,
+    is_main,
+    launch_if_requested,
+    training_settings,
+)
+
 # Chosen by measurement on the embedded digits (test negative ELBO after 3000 steps, nats):
 # st-gumbel-softmax beat gumbel-softmax (whose relaxed training transfers badly to exact
 # samples) and reinforce; batch 256 and tau 0.5 beat batch 64/128 and tau 1.0 or 0.3.
@@ -141,6 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="continue from the checkpoint in --out (same settings)",
     )
+    add_training_options(g)
     g = p.add_argument_group("evaluation and output")
     g.add_argument(
         "--iw-samples",
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     from discograd.train import CheckpointError, NonFiniteLossError, TrainConfig, fit, seeded
 
     def say(msg: str) -> None:
-        if not args.quiet:
+        if not args.quiet and is_main():  # rank 0 speaks for a multi-process run
             print(msg, flush=True)
 
     if args.threads < 0:
@@ -198,10 +206,15 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             quiet=args.quiet,
             device=args.device,
+            **training_settings(args),
         )
     except (ValueError, ImportError, TypeError, OSError) as exc:
         print(f"discograd vae: error: {exc}", file=sys.stderr)
         return 2
+    # --nproc N: the settings are valid; run them in N processes instead of this one.
+    code = launch_if_requested(args)
+    if code is not None:
+        return code
 
     n_tr, n_va, n_te = (int(getattr(data, s).shape[0]) for s in ("train", "valid", "test"))
     h, w = data.image_shape
@@ -225,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, CheckpointError) as exc:
         print(f"discograd vae: {exc}", file=sys.stderr)
         return 1
+    if not is_main():
+        return 0  # rank 0 writes the files and prints the result
 
     out = Path(args.out)
     if not args.no_plots:
@@ -235,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.step,
         "seconds": round(result.elapsed, 2),
         "torch_threads": torch_threads,
+        "processes": result.world_size,
         **{split: metrics for split, metrics in result.final.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -259,7 +275,15 @@ def load_dataset(name: str) -> Any:
     load = getattr(data_module, "load", None)
     if load is None:
         raise ValueError(f"unknown --dataset {name!r}; this version of discograd has: digits")
-    return load(name)
+    try:
+        return load(name)
+    except (ValueError, ImportError, TypeError, OSError):
+        raise  # the data package's errors name the file already
+    except Exception as exc:  # e.g. zipfile.BadZipFile from a truncated .npz
+        raise ValueError(
+            f"--dataset {name!r} could not be read ({type(exc).__name__}: {exc}); is the file "
+            f"truncated or corrupt?"
+        ) from exc
 
 
 def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
