@@ -571,3 +571,18 @@ def test_binarization_rejects_bad_input(intensities):
     with pytest.raises(ValueError, match="mode"):
         D.describe_binarization("sometimes")
     assert D.describe_binarization("static", seed=0)["resampled"] == "never"
+
+
+def test_truncated_npz_names_the_file(tmp_path):
+    import numpy as np
+
+    from discograd.data.errors import DataError
+    from discograd.data.npz import load_npz
+
+    good = tmp_path / "digits.npz"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(good, images=rng.integers(0, 255, (50, 8, 8), dtype=np.uint8))
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match="truncated.npz"):
+        load_npz(bad)

@@ -7,6 +7,7 @@ The file holds an array ``images`` (n, rows, cols), uint8 grey levels 0-255 or f
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def load_npz(
                 raise DataError(path, f"has no array 'images' (arrays: {archive.files})")
             images = archive["images"]
             labels = archive["labels"] if "labels" in archive.files else None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(path, f"is not a readable .npz file: {exc}") from exc
