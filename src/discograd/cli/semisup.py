@@ -1,0 +1,118 @@
+"""``discograd semisup``: semi-supervised classification with M2, y marginalized or sampled.
+
+Kingma et al.'s (2014) M2 with the class y of unlabeled images summed over every class
+(``--estimator exact``: marginalization) or sampled by any estimator (Gumbel-softmax, ST
+Gumbel-softmax, ...), as in Jang et al. (2016), section 4.3. ``--speed`` times training steps
+of marginalization against sampling for several numbers of classes instead of training. The run
+itself is :func:`discograd.experiments.semisup.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from discograd.cli.sbn import add_estimator_arguments, add_output_arguments, add_training_arguments
+
+DEFAULTS = {
+    "estimator": "gumbel-softmax",
+    "steps": 2000,
+    "batch_size": 100,
+    "lr": 1e-3,
+    "eval_every": 500,
+    "ckpt_every": 1000,
+    "log_every": 50,
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from discograd.cli.vae import _int_list
+    from discograd.experiments.presets import PresetAction
+
+    p = subparsers.add_parser(
+        "semisup",
+        help="semi-supervised classification with M2: marginalize the class or sample it",
+        description=(
+            "Train Kingma et al.'s M2 (classifier q(y|x), Gaussian q(z|x,y), decoder p(x|y,z)) "
+            "on a few labeled and many unlabeled images. For unlabeled images the class y is "
+            "summed over every class (--estimator exact: marginalization) or sampled with the "
+            "chosen estimator (gumbel-softmax, st-gumbel-softmax, ...). Reports the test "
+            "accuracy, the negative ELBO (y marginalized, nats) and training steps per second. "
+            "--n-classes 100 makes 100 classes of (digit, random bucket) pairs; --speed times "
+            "marginalization against sampling as the number of classes grows."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        action=PresetAction,
+        command="semisup",
+        default=None,
+        help="named settings (the paper's); options given on the command line win",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default="digits",
+        help="'digits' (embedded 8x8), 'mnist', 'fashion-mnist' or 'mnist-npz:PATH' (labels "
+        "needed)",
+    )
+    g.add_argument(
+        "--n-classes",
+        type=int,
+        default=10,
+        help="classes of y: 10 (the digits) or 10 b: (digit, bucket) pairs with a random "
+        "bucket in 0..b-1 per image",
+    )
+    g.add_argument("--n-labeled", type=int, default=100, help="labeled training images")
+    g.add_argument(
+        "--label-seed", type=int, default=0, help="seed of the labeled subset and the buckets"
+    )
+    add_estimator_arguments(p, DEFAULTS["estimator"])
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--hidden",
+        type=_int_list,
+        default=(256,),
+        metavar="W1,W2,...",
+        help="hidden widths of the classifier and encoder (the decoder mirrors them)",
+    )
+    g.add_argument("--z-dim", type=int, default=32, help="dimension of the Gaussian latent z")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="weight of the classification loss -log q(y|x) on labeled images (per example, "
+        "batch means)",
+    )
+    add_training_arguments(p, DEFAULTS)
+    g = p.add_argument_group("speed test (--speed)")
+    g.add_argument(
+        "--speed",
+        action="store_true",
+        help="instead of training, time steps of each --speed-estimators for each "
+        "--speed-classes (interleaved rounds) and print the speed-ups",
+    )
+    g.add_argument(
+        "--speed-classes",
+        type=_int_list,
+        default=(10, 100),
+        metavar="K1,K2,...",
+        help="numbers of classes to time",
+    )
+    g.add_argument(
+        "--speed-estimators",
+        default="exact,gumbel-softmax,st-gumbel-softmax",
+        metavar="A,B,...",
+        help="estimators of y to time (exact = marginalization, the reference)",
+    )
+    g.add_argument("--speed-steps", type=int, default=20, help="steps per round")
+    g.add_argument("--speed-rounds", type=int, default=3, help="interleaved rounds")
+    add_output_arguments(p, "runs/semisup")
+
+    def run(args: argparse.Namespace) -> int:
+        from discograd.experiments.semisup import run as run_semisup
+
+        return run_semisup(args)
+
+    p.set_defaults(func=run)
+    return p

@@ -1,0 +1,31 @@
+"""Runnable experiments: thin scripts over the library, exposed by the command line.
+
+- :mod:`discograd.experiments.sequences`: grammar and Markov-oracle sequence data and their
+  metrics (grammaticality, oracle NLL, diversity).
+- :mod:`discograd.experiments.gan`: a GAN over discrete sequences trained with any estimator
+  that yields differentiable samples, or with the score function (``discograd gan``).
+- :mod:`discograd.experiments.toys`: the seeds' worked examples (``discograd toy NAME``).
+
+Submodules are imported on demand; importing this package loads nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+
+def figure(figsize: Tuple[float, float], dpi: int = 100):
+    """A matplotlib Figure through the object-oriented API (no pyplot, no global state).
+
+    Raises :class:`discograd.plotting.PlottingUnavailable` when matplotlib is missing.
+    """
+    from discograd.plotting import PlottingUnavailable
+
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlottingUnavailable(
+            "figures need matplotlib, which is not installed: "
+            "pip install 'discograd[plots]' (or pip install matplotlib)"
+        ) from exc
+    return Figure(figsize=figsize, dpi=dpi)
