@@ -296,7 +296,7 @@ class SequenceGAN(nn.Module):
 
     @property
     def sampler(self) -> Generator:
-        """The generator that evaluation samples from: the average when there is one."""
+        """Evaluation samples from this generator (the average, when there is one)."""
         return self.average if self.average is not None else self.generator
 
     def get_extra_state(self) -> Dict[str, Any]:
