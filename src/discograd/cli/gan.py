@@ -161,7 +161,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="generator updates (each preceded by --d-steps discriminator updates)",
     )
     g.add_argument(
-        "--d-steps", type=int, default=1, help="discriminator updates per generator update"
+        "--d-steps", type=int, default=2, help="discriminator updates per generator update"
     )
     g.add_argument(
         "--batch-size",
@@ -173,7 +173,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument(
         "--grad-clip",
         type=float,
-        default=1.0,
+        default=0.0,
         help="clip the generator's gradient to this global norm (0: no clipping)",
     )
     g.add_argument(

@@ -5,6 +5,9 @@
 - :mod:`discograd.experiments.gan`: a GAN over discrete sequences trained with any estimator
   that yields differentiable samples, or with the score function (``discograd gan``).
 - :mod:`discograd.experiments.toys`: the seeds' worked examples (``discograd toy NAME``).
+- :mod:`discograd.experiments.sbn`, :mod:`discograd.experiments.semisup`,
+  :mod:`discograd.experiments.compare`, :mod:`discograd.experiments.presets`: the structured
+  output, semi-supervised and comparison experiments and the named settings (see each).
 
 Submodules are imported on demand; importing this package loads nothing else.
 """
