@@ -305,3 +305,13 @@ def test_vae_job_in_process_with_bernoulli_latents_and_annealing(tmp_path):
     taus = [r["temperature"] for r in table if r["split"] == "train"]
     assert taus[0] == 1.0 and taus[-1] == pytest.approx(max(0.5, math.exp(-0.05 * 15)))
     assert "neg_iw" not in table[-1]
+
+
+def test_vae_preset_sets_the_papers_options_and_the_command_line_wins():
+    from discograd.cli import build_parser
+
+    args = build_parser().parse_args(["vae", "--preset", "jang-categorical", "--steps", "7"])
+    assert (args.n_latent, args.n_classes, args.batch_size) == (20, 10, 100)
+    assert args.steps == 7
+    default = build_parser().parse_args(["vae"])
+    assert (default.n_latent, default.batch_size) != (20, 100)

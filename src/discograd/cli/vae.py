@@ -48,6 +48,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from discograd.experiments.presets import PresetAction
+
+    p.add_argument(
+        "--preset",
+        action=PresetAction,
+        command="vae",
+        default=None,
+        help="named settings (Jang et al.'s, the official demo's); options given on the command "
+        "line win",
+    )
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
