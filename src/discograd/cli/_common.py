@@ -16,7 +16,9 @@ else: :func:`~discograd.train.fit` joins the process group from the environment.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional
+import ast
+import inspect
+from typing import Any, Dict, List, Optional
 
 from discograd.distributed import is_main, launch, under_launcher
 
@@ -71,3 +73,28 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def parse_estimator_options(items: List[str]) -> Dict[str, Any]:
+    """``--estimator-option KEY=VALUE`` items as keyword arguments (Python literals or strings)."""
+    options: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--estimator-option must be KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = text
+    return options
+
+
+def estimator_parameters(name: str) -> List[str]:
+    """The constructor arguments of the estimator registered as ``name`` ([] if unknown)."""
+    from discograd.estimators import estimator_class
+
+    try:
+        cls = estimator_class(name)
+    except ValueError:
+        return []
+    return list(inspect.signature(cls.__init__).parameters)

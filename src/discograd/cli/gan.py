@@ -9,11 +9,10 @@ checkpoint.pt, summary.json, samples.txt (generated sequences, each marked) and 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 DEFAULTS = {
     "estimator": "gumbel-softmax",
@@ -379,16 +378,12 @@ def write_samples(
 
 def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
     """The estimator, given the temperature schedule when it takes a temperature."""
-    import inspect
-
     from discograd import estimators, schedules
-    from discograd.estimators import base
+    from discograd.cli._common import estimator_parameters, parse_estimator_options
 
-    options = _parse_options(args.estimator_option)
+    options = parse_estimator_options(args.estimator_option)
     settings: Dict[str, Any] = {"estimator_options": {k: repr(v) for k, v in options.items()}}
-    cls = base._REGISTRY.get(args.estimator)
-    params = inspect.signature(cls.__init__).parameters if cls is not None else {}
-    if "tau" in params and "tau" not in options:
+    if "tau" in estimator_parameters(args.estimator) and "tau" not in options:
         if args.tau_schedule == "exp":
             options["tau"] = schedules.ExponentialDecay(
                 args.tau, args.anneal_rate, args.tau_min, args.anneal_every
@@ -418,14 +413,3 @@ def _describe(args: argparse.Namespace, settings: Dict[str, Any]) -> str:
     return text
 
 
-def _parse_options(items: List[str]) -> Dict[str, Any]:
-    options: Dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--estimator-option must be KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key.strip()] = text
-    return options

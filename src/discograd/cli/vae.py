@@ -9,8 +9,6 @@ ELBO and importance-weighted bound in nats per example.
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -18,8 +16,10 @@ from typing import Any, Dict, List, Tuple
 
 from discograd.cli._common import (
     add_training_options,
+    estimator_parameters,
     is_main,
     launch_if_requested,
+    parse_estimator_options,
     training_settings,
 )
 
@@ -300,9 +300,9 @@ def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
     """The estimator named by --estimator, given the temperature schedule when it takes one."""
     from discograd import estimators, schedules
 
-    options = _parse_options(args.estimator_option)
+    options = parse_estimator_options(args.estimator_option)
     settings: Dict[str, Any] = {"estimator_options": {k: repr(v) for k, v in options.items()}}
-    if "tau" in _init_parameters(args.estimator) and "tau" not in options:
+    if "tau" in estimator_parameters(args.estimator) and "tau" not in options:
         if args.tau_schedule == "exp":
             options["tau"] = schedules.ExponentialDecay(
                 args.tau, args.anneal_rate, args.tau_min, args.anneal_every
@@ -364,29 +364,6 @@ def _estimator_names() -> List[str]:
     from discograd.estimators import available
 
     return available()
-
-
-def _init_parameters(name: str) -> List[str]:
-    from discograd.estimators import estimator_class
-
-    try:
-        cls = estimator_class(name)
-    except ValueError:
-        return []
-    return list(inspect.signature(cls.__init__).parameters)
-
-
-def _parse_options(items: List[str]) -> Dict[str, Any]:
-    options: Dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--estimator-option must be KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key.strip()] = text
-    return options
 
 
 def _describe(estimator: Any, settings: Dict[str, Any]) -> str:
