@@ -52,10 +52,15 @@ def standard_exponential(
     device: Optional[Union[torch.device, str]] = None,
 ) -> Tensor:
     """Exp(1) draws that are strictly positive and finite (float32 or float64 only)."""
+    # The same shape as a sequence: torch.rand's typed overloads take ints as varargs or one
+    # sequence, not a value that may be either.
+    size = (shape,) if isinstance(shape, int) else shape
     # generator= only when given: torch.compile cannot trace torch.rand(generator=None) under
     # dynamic shapes.
-    kwargs = {} if generator is None else {"generator": generator}
-    r = torch.rand(shape, dtype=dtype, device=device, **kwargs)
+    if generator is None:
+        r = torch.rand(size, dtype=dtype, device=device)
+    else:
+        r = torch.rand(size, generator=generator, dtype=dtype, device=device)
     # torch.rand yields multiples of 2^-p (p = 24 for float32, 53 for float64); adding half a
     # cell gives the cell midpoint u, which is exact in either branch below.
     half_cell = 2.0 ** -(54 if dtype == torch.float64 else 25)
@@ -121,11 +126,11 @@ class _StraightThrough(torch.autograd.Function):
     # The forward value is `hard` itself, bit for bit, for any `hard` (k-hot, scaled, ...), with
     # no arithmetic on the sample and no temporaries, unlike `hard - soft.detach() + soft`.
     @staticmethod
-    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:
         return hard.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         return None, grad
 
 

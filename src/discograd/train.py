@@ -49,7 +49,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Tuple,
+)
 
 import numpy as np
 import torch
@@ -154,16 +165,22 @@ class Experiment(Protocol):
     DistributedDataParallel leaves them alone.
     """
 
-    model: nn.Module
-    estimator: nn.Module
+    # Read-only properties, not plain attributes: fit never reassigns them, and a protocol
+    # attribute would be invariant, refusing an experiment whose model is a subclass.
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def estimator(self) -> nn.Module: ...
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterable[Any]: ...
 
+    # Mapping (covariant): the logged values may be floats or 0-d tensors (see _number).
     def loss(
         self, batch: Any, step: int, generator: torch.Generator
-    ) -> Tuple[Tensor, Dict[str, float]]: ...
+    ) -> Tuple[Tensor, Mapping[str, Any]]: ...
 
-    def evaluate(self, split: str, generator: torch.Generator) -> Dict[str, float]: ...
+    def evaluate(self, split: str, generator: torch.Generator) -> Mapping[str, float]: ...
 
     def config_dict(self) -> Dict[str, Any]: ...
 
@@ -205,7 +222,7 @@ def seeded(seed: int, device: Optional[torch.device] = None) -> Iterator[None]:
     cuda = device is not None and torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[device] if cuda else []):
         # Only the generators fork_rng restores (torch.manual_seed would reseed every GPU).
-        torch.random.default_generator.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         if cuda:
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
@@ -333,26 +350,28 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
     # The training step as one module (the experiment's loss through the model and the
     # estimator), so that DistributedDataParallel can hook every parameter's gradient and
     # torch.compile can trace it.
-    step_fn: nn.Module = _LossModule(experiment)
+    step_module: nn.Module = _LossModule(experiment)
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
+        own: Optional[Callable[[], Iterable[Tensor]]]
         own = getattr(experiment, "separately_optimized", None)
         if callable(own):  # stepped inside loss, averaged by the experiment itself
             ids = {id(p) for p in own()}
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                step_fn, [n for n, p in step_fn.named_parameters() if id(p) in ids]
+                step_module, [n for n, p in step_module.named_parameters() if id(p) in ids]
             )
-        step_fn = DistributedDataParallel(
-            step_fn,
+        step_module = DistributedDataParallel(
+            step_module,
             device_ids=[device] if device.type == "cuda" else None,
             # Some parameters may get no gradient (an estimator's unused learned part), the
             # same ones at every step: DDP learns which at the first step instead of
             # searching the graph at every step.
             static_graph=True,
         )
+    step_fn: Callable[..., Tuple[Tensor, Mapping[str, Any]]] = step_module
     if cfg.compile:
-        step_fn = torch.compile(step_fn)
+        step_fn = torch.compile(step_module)
     shard_batch = getattr(experiment, "shard_batch", distributed.shard)
 
     def evaluate(splits: Iterable[str], final: bool = False) -> Dict[str, Dict[str, float]]:
@@ -396,7 +415,7 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         # Only the generators fork_rng restores (torch.manual_seed would reseed every GPU).
-        torch.random.default_generator.manual_seed(global_seed)
+        torch.default_generator.manual_seed(global_seed)
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(global_seed)
@@ -444,8 +463,9 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
                 amp.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip)
             amp.step(optimizer)
-            if callable(getattr(estimator, "step", None)):
-                estimator.step()  # temperature schedules count optimizer steps
+            estimator_step = getattr(estimator, "step", None)
+            if callable(estimator_step):
+                estimator_step()  # temperature schedules count optimizer steps
             step += 1
 
             # Log the loss terms averaged over the steps since the last row.
@@ -488,7 +508,7 @@ class _LossModule(nn.Module):
 
     def forward(
         self, batch: Any, step: int, generator: torch.Generator
-    ) -> Tuple[Tensor, Dict[str, Any]]:
+    ) -> Tuple[Tensor, Mapping[str, Any]]:
         return self._experiment[0].loss(batch, step, generator=generator)
 
 
@@ -581,7 +601,7 @@ def _rank_rng_state(
     step = int(ckpt["step"])
     noise = torch.Generator(device).manual_seed(distributed.rank_seed(seeds[0], ctx.rank, step))
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(distributed.rank_seed(seeds[1], ctx.rank, step))
+        torch.default_generator.manual_seed(distributed.rank_seed(seeds[1], ctx.rank, step))
         global_state = torch.get_rng_state()
     return {"noise": noise.get_state(), "global": global_state}
 

@@ -267,7 +267,7 @@ def _format_stat(stat: Dict[str, float], key: str) -> str:
 
 
 def _best_label(record: Dict[str, Any], metric: str) -> Optional[str]:
-    means = {}
+    means: Dict[str, float] = {}
     for entry in record["estimators"]:
         values = [s["test"][metric] for s in _summaries(entry) if metric in s.get("test", {})]
         if values and all(math.isfinite(v) for v in values):
@@ -275,10 +275,10 @@ def _best_label(record: Dict[str, Any], metric: str) -> Optional[str]:
     if not means:
         return None
     pick = max if metric in HIGHER_IS_BETTER else min
-    return pick(means, key=means.get)
+    return pick(means, key=means.__getitem__)
 
 
-def _mean_curve(entry: Dict[str, Any], metric: str) -> Dict[str, List[float]]:
+def _mean_curve(entry: Dict[str, Any], metric: str) -> Dict[str, Sequence[float]]:
     """Steps, seconds and the metric averaged over the seeds at each evaluated step."""
     by_step: Dict[int, List[tuple]] = {}
     for run in entry["runs"]:

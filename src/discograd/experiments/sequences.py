@@ -95,7 +95,8 @@ class Grammar:
 
     def accepts(self, text: str) -> bool:
         """Whether the start symbol derives ``text`` exactly (memoized top-down parse, O(n^3))."""
-        memo: Dict[Tuple[object, int, int], bool] = {}
+        # Keys (symbol, i, j) for derives and (production, k, i, j) for seq.
+        memo: Dict[Tuple[object, ...], bool] = {}
 
         def derives(sym: str, i: int, j: int) -> bool:
             if sym not in self.rules:
@@ -115,7 +116,7 @@ class Grammar:
                 memo[key] = any(
                     derives(p[k], i, m) and seq(p, k + 1, m, j) for m in range(i + 1, j - rest + 2)
                 )
-            return memo[key]  # type: ignore[return-value]
+            return memo[key]
 
         return len(text) > 0 and derives(self.start, 0, len(text))
 
@@ -164,7 +165,7 @@ class Grammar:
         prods = self.rules[sym]
         p = prods[_choose([self._count_seq(q, n) for q in prods], gen)]
         out: List[str] = []
-        while len(p) > 1:
+        for _ in range(len(p) - 1):  # split off the first symbol until one is left
             splits = range(1, n - len(p) + 2)
             weights = [self.count(p[0], m) * self._count_seq(p[1:], n - m) for m in splits]
             m = splits[_choose(weights, gen)]

@@ -499,9 +499,7 @@ def _bitflip_run(
         est(f, theta, distribution="bernoulli", generator=gen).sum().backward()
         opt.step()
         est.step()
-    log["theta_final"] = float(theta.detach())
-    log["seconds"] = time.perf_counter() - start
-    return log
+    return {**log, "theta_final": float(theta.detach()), "seconds": time.perf_counter() - start}
 
 
 def _plot_bitflip(out: Optional[Path], s: Dict[str, Any]) -> Any:

@@ -140,50 +140,65 @@ struct IsaAvx512 {
 };
 #endif
 
-// Words for the 16 counters ctr, ctr + 1, ...: w[l][i] is word l of counter ctr + i. The 16
-// counters run as 16 / width independent vectors of the ISA's native width.
+// Words for the counters ctr, ctr + 1, ..., ctr + 16 * kChunks - 1: w[l][i] is word l of
+// counter ctr + i. Philox is ten dependent rounds of multiplies, so one vector at a time
+// leaves the core waiting on latency; the counters therefore run as `kVectors` independent
+// vectors of the ISA's native width, interleaved round by round (measured on AVX-512: 1.7x
+// faster than one vector at a time).
 template <typename Isa>
-DG_INLINE void philox16(uint64_t ctr, uint32_t k0, uint32_t k1, uint32_t w[4][kLanes]) {
+struct Philox {
   using V = typename Isa::V;
-  constexpr int width = static_cast<int>(sizeof(V) / sizeof(uint32_t));
-  for (int h = 0; h < kLanes; h += width) {
-    V c0, c1, c2 = {}, c3 = {};
-    for (int i = 0; i < width; ++i) {
-      const uint64_t c = ctr + static_cast<uint64_t>(h + i);
-      c0[i] = static_cast<uint32_t>(c);
-      c1[i] = static_cast<uint32_t>(c >> 32);
+  static constexpr int kWidth = static_cast<int>(sizeof(V) / sizeof(uint32_t));
+  static constexpr int kVectors = 4;                       // 4 x 4 state vectors in registers
+  static constexpr int kChunks = kVectors * kWidth / kLanes;  // 16-counter chunks per call
+  static constexpr int kOneChunk = kLanes / kWidth;          // vectors for a single chunk
+
+  template <int M>
+  DG_INLINE static void run(uint64_t ctr, uint32_t k0, uint32_t k1, uint32_t (*w)[M * kWidth]) {
+    V c0[M], c1[M], c2[M], c3[M];
+    for (int j = 0; j < M; ++j) {
+      c2[j] = V{};
+      c3[j] = V{};
+      for (int i = 0; i < kWidth; ++i) {
+        const uint64_t c = ctr + static_cast<uint64_t>(j * kWidth + i);
+        c0[j][i] = static_cast<uint32_t>(c);
+        c1[j][i] = static_cast<uint32_t>(c >> 32);
+      }
     }
     uint32_t a = k0, b = k1;
     for (int r = 0; r < 10; ++r) {
-      V h0, l0, h1, l1;
-      Isa::mulhilo(c0, 0xD2511F53u, h0, l0);
-      Isa::mulhilo(c2, 0xCD9E8D57u, h1, l1);
-      c0 = h1 ^ c1 ^ a;
-      c1 = l1;
-      c2 = h0 ^ c3 ^ b;
-      c3 = l0;
+      for (int j = 0; j < M; ++j) {
+        V h0, l0, h1, l1;
+        Isa::mulhilo(c0[j], 0xD2511F53u, h0, l0);
+        Isa::mulhilo(c2[j], 0xCD9E8D57u, h1, l1);
+        c0[j] = h1 ^ c1[j] ^ a;
+        c1[j] = l1;
+        c2[j] = h0 ^ c3[j] ^ b;
+        c3[j] = l0;
+      }
       a += 0x9E3779B9u;
       b += 0xBB67AE85u;
     }
-    std::memcpy(w[0] + h, &c0, sizeof(V));
-    std::memcpy(w[1] + h, &c1, sizeof(V));
-    std::memcpy(w[2] + h, &c2, sizeof(V));
-    std::memcpy(w[3] + h, &c3, sizeof(V));
+    for (int j = 0; j < M; ++j) {
+      std::memcpy(w[0] + j * kWidth, &c0[j], sizeof(V));
+      std::memcpy(w[1] + j * kWidth, &c1[j], sizeof(V));
+      std::memcpy(w[2] + j * kWidth, &c2[j], sizeof(V));
+      std::memcpy(w[3] + j * kWidth, &c3[j], sizeof(V));
+    }
   }
-}
+};
 
 // ---------------------------------------------------------------------------------------------
 // Branch-free log and exp that vectorize. Inputs of log are positive normal numbers.
 
 // Cephes logf: x = 2^e m, m in [sqrt(1/2), sqrt(2)), log(1 + f) by a degree-9 polynomial.
+// e and m come from one integer subtraction: x's bits minus the bits just above sqrt(1/2)
+// have e in their exponent field (cheaper than extracting the exponent and comparing m).
 DG_INLINE float log_f32(float x) {
-  int32_t ix = bit_cast_to<int32_t>(&x);
-  int32_t e = ((ix >> 23) & 0xff) - 127;
-  int32_t im = (ix & 0x007fffff) | 0x3f800000;
-  float m = bit_cast_to<float>(&im);
-  const bool big = m > 1.41421356237f;
-  m = big ? m * 0.5f : m;
-  e = big ? e + 1 : e;
+  const int32_t ix = bit_cast_to<int32_t>(&x);
+  const int32_t e = (ix - 0x3f3504f4) >> 23;
+  const int32_t im = ix - (e << 23);
+  const float m = bit_cast_to<float>(&im);
   const float f = m - 1.0f;
   const float z = f * f;
   float p = 7.0376836292E-2f;
@@ -204,13 +219,10 @@ DG_INLINE float log_f32(float x) {
 
 // log(1 + f) = f - (f^2/2 - s (f^2/2 + R)), s = f / (2 + f), R = sum_k 2 s^(2k) / (2k + 1).
 DG_INLINE double log_f64(double x) {
-  int64_t ix = bit_cast_to<int64_t>(&x);
-  int64_t e = ((ix >> 52) & 0x7ff) - 1023;
-  int64_t im = (ix & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
-  double m = bit_cast_to<double>(&im);
-  const bool big = m > 1.4142135623730951;
-  m = big ? m * 0.5 : m;
-  e = big ? e + 1 : e;
+  const int64_t ix = bit_cast_to<int64_t>(&x);
+  const int64_t e = (ix - 0x3fe6a09e667f3bceLL) >> 52;  // as in log_f32
+  const int64_t im = ix - (e << 52);
+  const double m = bit_cast_to<double>(&im);
   const double f = m - 1.0;
   const double s = f / (2.0 + f);
   const double z = s * s;
@@ -311,34 +323,32 @@ DG_INLINE double gumbel_f64(uint64_t word) {
   return -log_f64(e);
 }
 
+// The noise of chunks of columns from their Philox words: chunk j of a call takes lanes
+// [16 j, 16 j + 16) of the four words (see the header comment for the element order).
 template <typename acc_t>
-struct NoiseChunk;  // fill<Isa>(ctr, k0, k1, g): the noise of one chunk of columns
+struct NoiseChunk;
 
 template <>
 struct NoiseChunk<float> {
   static constexpr int kWidth = kChunk32;
-  template <typename Isa>
-  DG_INLINE static void fill(uint64_t ctr, uint32_t k0, uint32_t k1, float* g) {
-    uint32_t w[4][kLanes];
-    philox16<Isa>(ctr, k0, k1, w);
-    const uint32_t* flat = &w[0][0];
-    for (int k = 0; k < kChunk32; ++k) g[k] = gumbel_f32(flat[k]);
+  template <int N>
+  DG_INLINE static void from_words(const uint32_t (*w)[N], int j, float* g) {
+    for (int l = 0; l < 4; ++l)
+      for (int i = 0; i < kLanes; ++i) g[l * kLanes + i] = gumbel_f32(w[l][j * kLanes + i]);
   }
 };
 
 template <>
 struct NoiseChunk<double> {
   static constexpr int kWidth = kChunk64;
-  template <typename Isa>
-  DG_INLINE static void fill(uint64_t ctr, uint32_t k0, uint32_t k1, double* g) {
-    uint32_t w[4][kLanes];
-    philox16<Isa>(ctr, k0, k1, w);
-    uint64_t words[kChunk64];
-    for (int i = 0; i < kLanes; ++i) {
-      words[i] = (static_cast<uint64_t>(w[0][i]) << 32) | w[1][i];
-      words[kLanes + i] = (static_cast<uint64_t>(w[2][i]) << 32) | w[3][i];
-    }
-    for (int k = 0; k < kChunk64; ++k) g[k] = gumbel_f64(words[k]);
+  template <int N>
+  DG_INLINE static void from_words(const uint32_t (*w)[N], int j, double* g) {
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < kLanes; ++i) {
+        const uint64_t word = (static_cast<uint64_t>(w[2 * h][j * kLanes + i]) << 32) |
+                              w[2 * h + 1][j * kLanes + i];
+        g[h * kLanes + i] = gumbel_f64(word);
+      }
   }
 };
 
@@ -352,22 +362,37 @@ struct Seed {
   uint32_t k0, k1;
 };
 
-// Noise of the flat elements [f0, f1) into out[0, f1 - f0).
+// Noise of the one chunk b, clipped to the flat elements [f0, f1), into out[0, f1 - f0).
+template <typename Isa, typename acc_t>
+DG_INLINE void fill_chunk(uint64_t b, uint64_t f0, uint64_t f1, acc_t* out, Seed seed) {
+  using P = Philox<Isa>;
+  constexpr uint64_t W = NoiseChunk<acc_t>::kWidth;
+  uint32_t w[4][P::kOneChunk * P::kWidth];
+  acc_t tmp[W];
+  const uint64_t start = b * W;
+  const uint64_t lo = start > f0 ? start : f0;
+  const uint64_t hi = start + W < f1 ? start + W : f1;
+  P::template run<P::kOneChunk>(b * kLanes, seed.k0, seed.k1, w);
+  NoiseChunk<acc_t>::from_words(w, 0, tmp);
+  std::memcpy(out + (lo - f0), tmp + (lo - start), (hi - lo) * sizeof(acc_t));
+}
+
+// Noise of the flat elements [f0, f1) into out[0, f1 - f0): whole batches of chunks straight
+// to the output, the partial chunks at either end through a buffer.
 template <typename Isa, typename acc_t>
 DG_INLINE void fill_noise(uint64_t f0, uint64_t f1, acc_t* out, Seed seed) {
+  using P = Philox<Isa>;
   constexpr uint64_t W = NoiseChunk<acc_t>::kWidth;
-  acc_t tmp[W];
-  for (uint64_t b = f0 / W; b * W < f1; ++b) {
-    const uint64_t start = b * W;
-    const uint64_t lo = start > f0 ? start : f0;
-    const uint64_t hi = start + W < f1 ? start + W : f1;
-    if (lo == start && hi == start + W) {
-      NoiseChunk<acc_t>::template fill<Isa>(b * kLanes, seed.k0, seed.k1, out + (start - f0));
-    } else {
-      NoiseChunk<acc_t>::template fill<Isa>(b * kLanes, seed.k0, seed.k1, tmp);
-      std::memcpy(out + (lo - f0), tmp + (lo - start), (hi - lo) * sizeof(acc_t));
-    }
+  constexpr int C = P::kChunks;
+  uint32_t w[4][P::kVectors * P::kWidth];
+  if (f1 <= f0) return;
+  uint64_t b = f0 / W;
+  if (b * W < f0) fill_chunk<Isa, acc_t>(b++, f0, f1, out, seed);
+  for (; (b + C) * W <= f1; b += C) {
+    P::template run<P::kVectors>(b * kLanes, seed.k0, seed.k1, w);
+    for (int j = 0; j < C; ++j) NoiseChunk<acc_t>::from_words(w, j, out + ((b + j) * W - f0));
   }
+  for (; b * W < f1; ++b) fill_chunk<Isa, acc_t>(b, f0, f1, out, seed);
 }
 
 // Rows are processed in groups of about this many elements, whose noise is drawn in one go

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,11 @@ from torch import Tensor, nn
 from discograd.models.vae import mlp
 
 __all__ = ["M2", "SemiSupervisedExperiment", "class_labels", "labeled_subset"]
+
+
+def _output_layer(net: nn.Sequential) -> nn.Linear:
+    """The last layer of an :func:`mlp` (a Linear; Sequential's indexing types it as Module)."""
+    return cast(nn.Linear, net[-1])
 
 
 class M2(nn.Module):
@@ -92,7 +97,7 @@ class M2(nn.Module):
         """Decoder output bias = logit(mean pixel)."""
         p = mean.clamp(1e-3, 1 - 1e-3)
         with torch.no_grad():
-            self.decoder[-1].bias.copy_(torch.log(p) - torch.log1p(-p))
+            _output_layer(self.decoder).bias.copy_(torch.log(p) - torch.log1p(-p))
 
     # -- terms --------------------------------------------------------------------------------
 
@@ -290,7 +295,7 @@ class SemiSupervisedExperiment:
     def evaluate(self, split: str, generator: torch.Generator) -> Dict[str, float]:
         start = time.perf_counter()
         x_all, y_all = self.binarized(split), self.labels[split]
-        device = self.model.decoder[-1].weight.device
+        device = _output_layer(self.model.decoder).weight.device
         buckets = self.model.n_classes // 10
         correct = digit_correct = bound = 0.0
         for i in range(0, x_all.shape[0], self.eval_batch_size):

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -108,8 +108,9 @@ class PerLayer(nn.Module):
 
     def step(self) -> None:
         for est in self.layers:
-            if callable(getattr(est, "step", None)):
-                est.step()
+            est_step = getattr(est, "step", None)
+            if callable(est_step):
+                est_step()
 
 
 class StochasticBinaryNetwork(nn.Module):
@@ -202,7 +203,7 @@ class StochasticBinaryNetwork(nn.Module):
         self,
         x_in: Tensor,
         x_out: Tensor,
-        estimators: Sequence[nn.Module],
+        estimators: Union[Sequence[nn.Module], PerLayer],
         generator: Optional[torch.Generator] = None,
     ) -> Tensor:
         """Per-example surrogate of E[-log p(x_out | h)], (B,): every layer through its estimator.
@@ -344,7 +345,7 @@ class SBNExperiment:
         self,
         data: Any,
         model: StochasticBinaryNetwork,
-        estimator: Any,
+        estimator: Union[PerLayer, Sequence[nn.Module]],
         *,
         eval_samples: int = 1000,
         eval_batch_size: int = 200,
