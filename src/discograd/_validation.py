@@ -77,6 +77,24 @@ def check_tau(tau: TauLike, *, name: str = "tau") -> None:
         raise ValueError(f"{name} must be finite, got inf")
 
 
+def tau_batch_shape(tau: Tensor, logits: Tensor, dim: int) -> torch.Size:
+    """The batch shape (``logits.shape`` without ``dim``), checking that ``tau`` broadcasts to it.
+
+    A tensor temperature is one per row: it may be smaller than the batch shape, never larger.
+    """
+    dim = dim % logits.dim()
+    batch_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
+    try:
+        if torch.broadcast_shapes(tau.shape, batch_shape) != batch_shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(
+            f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
+            f"{tuple(batch_shape)} of logits (logits' shape without dim={dim})"
+        ) from None
+    return batch_shape
+
+
 def check_positive_int(value: int, *, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discograd import kernels as _kernels
-from discograd._validation import TauLike, check_logits, check_positive_int, check_tau
+from discograd._validation import (
+    TauLike,
+    check_logits,
+    check_positive_int,
+    check_tau,
+    tau_batch_shape,
+)
 
 __all__ = [
     "gumbel_noise",
@@ -176,15 +182,7 @@ def _tau_for(tau: TauLike, logits: Tensor, dim: int) -> Union[float, Tensor]:
     if not isinstance(tau, Tensor):
         return float(tau)
     dim = dim % logits.dim()
-    batch_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
-    try:
-        if torch.broadcast_shapes(tau.shape, batch_shape) != batch_shape:
-            raise RuntimeError
-    except RuntimeError:
-        raise ValueError(
-            f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
-            f"{tuple(batch_shape)} of logits (logits' shape without dim={dim})"
-        ) from None
+    batch_shape = tau_batch_shape(tau, logits, dim)
     # Convert before broadcasting: in half precision the expanded tau's gradient would be summed
     # in half precision and overflow.
     return tau.to(compute_dtype(logits.dtype)).expand(batch_shape).unsqueeze(dim)

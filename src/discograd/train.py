@@ -67,6 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from discograd import distributed
+from discograd._fs import fsync_dir
 from discograd.distributed import Context
 
 __all__ = [
@@ -243,7 +244,7 @@ def save_checkpoint(state: Dict[str, Any], path: os.PathLike) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
@@ -816,20 +817,6 @@ def _write_json(path: Path, obj: Dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _say(cfg: TrainConfig, message: str) -> None:

@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from discograd._fs import fsync_dir
 from discograd.data.checksum import RemoteFile, verify
 from discograd.data.errors import ChecksumError, DownloadError, PathLike
 from discograd.data.idx import decompress
@@ -118,20 +119,6 @@ def _fetch_once(
     return offset > 0
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where directories can be fsync'ed (not on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def download(
     file: RemoteFile,
     dest: PathLike,
@@ -191,7 +178,7 @@ def download(
                 bad_bytes = True
                 break
             os.replace(part, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             log.info("verified %s (%s)", dest, how)
             return dest
     report = "; ".join(failures[-8:])

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from discograd._validation import check_logits, check_tau, validate_args_enabled
+from discograd._validation import check_logits, check_tau, tau_batch_shape, validate_args_enabled
 
 __all__ = ["DISABLE_ENV", "gumbel_max", "gumbel_noise", "gumbel_softmax", "status"]
 
@@ -162,16 +162,7 @@ def _tau_rows(tau: Tensor, logits: Tensor, dim: int) -> Tensor:
     """One temperature per row of :func:`_rows`, in the compute dtype (gradients flow back)."""
     if not torch.compiler.is_compiling():
         check_tau(tau)
-    dim = dim % logits.dim()
-    batch_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
-    try:
-        if torch.broadcast_shapes(tau.shape, batch_shape) != batch_shape:
-            raise RuntimeError
-    except RuntimeError:
-        raise ValueError(
-            f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
-            f"{tuple(batch_shape)} of logits (logits' shape without dim={dim})"
-        ) from None
+    batch_shape = tau_batch_shape(tau, logits, dim)
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     return tau.to(device=logits.device, dtype=acc).expand(batch_shape).reshape(-1).contiguous()
 
