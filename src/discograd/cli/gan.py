@@ -14,6 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from discograd.cli._common import (
+    add_training_options,
+    estimator_parameters,
+    is_main,
+    launch_if_requested,
+    parse_estimator_options,
+    training_settings,
+)
+
 DEFAULTS = {
     "estimator": "gumbel-softmax",
     "steps": 2000,
@@ -205,6 +214,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="continue from the checkpoint in --out (same settings)",
     )
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    # With --nproc each process trains on its share of the batch; the discriminator's
+    # gradients are averaged over the processes too (GANExperiment.loss), and with
+    # --precision fp16 its updates get their own loss scaler.
+    add_training_options(g)
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/gan", metavar="DIR", help="output folder")
     g.add_argument(
@@ -230,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from discograd.train import CheckpointError, NonFiniteLossError, TrainConfig, fit, seeded
 
     def say(msg: str) -> None:
-        if not args.quiet:
+        if not args.quiet and is_main():  # rank 0 speaks for a multi-process run
             print(msg, flush=True)
 
     try:
@@ -281,10 +295,16 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             eval_splits=("samples",),
             final_splits=("samples",),
+            device=args.device,
+            **training_settings(args),
         )
     except (ValueError, TypeError) as exc:
         print(f"discograd gan: error: {exc}", file=sys.stderr)
         return 2
+    # --nproc N: the settings are valid; run them in N processes instead of this one.
+    code = launch_if_requested(args)
+    if code is not None:
+        return code
 
     say(
         f"data: {data.name}: {data.description} ({data.train.shape[0]} train / "
@@ -297,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, CheckpointError) as exc:
         print(f"discograd gan: {exc}", file=sys.stderr)
         return 1
+    if not is_main():
+        return 0  # rank 0 writes the files and prints the result
 
     out = Path(args.out)
     final = result.final["samples"]
@@ -306,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.step,
         "seconds": round(result.elapsed, 2),
         "torch_threads": torch.get_num_threads(),
+        "processes": result.world_size,
         "final": final,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -379,7 +402,6 @@ def write_samples(
 def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
     """The estimator, given the temperature schedule when it takes a temperature."""
     from discograd import estimators, schedules
-    from discograd.cli._common import estimator_parameters, parse_estimator_options
 
     options = parse_estimator_options(args.estimator_option)
     settings: Dict[str, Any] = {"estimator_options": {k: repr(v) for k, v in options.items()}}
@@ -411,5 +433,3 @@ def _describe(args: argparse.Namespace, settings: Dict[str, Any]) -> str:
     if settings["estimator_options"]:
         text += " " + ", ".join(f"{k}={v}" for k, v in settings["estimator_options"].items())
     return text
-
-

@@ -88,14 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="m of the m-sample NLL estimate -log mean_i p(x_lower | h_i) (the paper: 1000)",
     )
     add_output_arguments(p, "runs/sbn")
-
-    def run(args: argparse.Namespace) -> int:
-        from discograd.experiments.sbn import run as run_sbn
-
-        return run_sbn(args)
-
     p.set_defaults(func=run)
     return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command (:func:`discograd.experiments.sbn.run`). At module level, so that
+    ``--nproc`` can hand it, pickled with the options, to the worker processes."""
+    from discograd.experiments.sbn import run as run_sbn
+
+    return run_sbn(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +146,10 @@ def add_estimator_arguments(p: argparse.ArgumentParser, default: str) -> None:
 
 def add_training_arguments(p: argparse.ArgumentParser, defaults: Dict[str, Any]) -> None:
     """--steps, --batch-size, --lr, --seed, --eval-every, --ckpt-every, --log-every, --resume,
-    --device."""
+    --device, and the options every training command shares (--nproc, --precision,
+    --compile: :func:`discograd.cli._common.add_training_options`)."""
+    from discograd.cli._common import add_training_options
+
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=defaults["steps"], help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="batch size")
@@ -170,6 +175,7 @@ def add_training_arguments(p: argparse.ArgumentParser, defaults: Dict[str, Any])
     )
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    add_training_options(g)
 
 
 def add_output_arguments(p: argparse.ArgumentParser, default_out: str) -> None:

@@ -90,7 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--speed",
         action="store_true",
         help="instead of training, time steps of each --speed-estimators for each "
-        "--speed-classes (interleaved rounds) and print the speed-ups",
+        "--speed-classes (interleaved rounds) and print the speed-ups (one process, fp32: "
+        "not with --nproc, --precision or --compile)",
     )
     g.add_argument(
         "--speed-classes",
@@ -108,11 +109,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--speed-steps", type=int, default=20, help="steps per round")
     g.add_argument("--speed-rounds", type=int, default=3, help="interleaved rounds")
     add_output_arguments(p, "runs/semisup")
-
-    def run(args: argparse.Namespace) -> int:
-        from discograd.experiments.semisup import run as run_semisup
-
-        return run_semisup(args)
-
     p.set_defaults(func=run)
     return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command (:func:`discograd.experiments.semisup.run`). At module level, so that
+    ``--nproc`` can hand it, pickled with the options, to the worker processes."""
+    from discograd.experiments.semisup import run as run_semisup
+
+    return run_semisup(args)

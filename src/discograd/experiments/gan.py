@@ -56,6 +56,16 @@ and its parameters named by :meth:`GANExperiment.separately_optimized`, as
 :class:`discograd.train.Experiment` asks); :class:`SequenceGAN` saves that optimizer's state
 through ``nn.Module.get_extra_state``, so it is part of ``model.state_dict()`` and of the
 trainer's checkpoints, and ``--resume`` continues the run exactly.
+
+Several processes and mixed precision. Each rank trains on its share of the real batch and
+draws as many fakes, so the discriminator's minibatch spread is taken over a rank's share (as
+batch normalization is without synchronization). The discriminator's gradients are averaged
+over the ranks unweighted (each rank's loss is a mean over its share: an unbiased estimate of
+the batch's). Under fp16 autocast (``--precision fp16``) the discriminator's updates get their
+own loss scaler (:meth:`SequenceGAN.d_scaler_for`; the trainer's scales only its own
+optimizer): its loss is multiplied by a scale S before backward, the step skipped and S halved
+when a gradient overflows. An overflow on one rank reaches every rank through the gradient
+average, so the ranks skip the same steps and keep the same S.
 """
 
 from __future__ import annotations
@@ -136,8 +146,9 @@ class Generator(nn.Module):
         state: Optional[Tuple[Tensor, Tensor]] = None
         out = []
         for _ in range(length):
-            state = self.cell(x, state)
-            y = pick(self.head(state[0]))
+            h, c = self.cell(x, state)
+            state = (h, c)
+            y = pick(self.head(h))
             out.append(y)
             x = self.embed(y)
         return torch.stack(out, 1)
@@ -165,8 +176,9 @@ class Generator(nn.Module):
         state: Optional[Tuple[Tensor, Tensor]] = None
         total = tokens.new_zeros(n, dtype=self.start.dtype)
         for t in range(length):
-            state = self.cell(x, state)
-            log_p = torch.log_softmax(self.head(state[0]), -1)
+            h, c = self.cell(x, state)
+            state = (h, c)
+            log_p = torch.log_softmax(self.head(h), -1)
             total = total + log_p.gather(1, tokens[:, t : t + 1]).squeeze(1)
             x = self.embed(inputs[:, t])
         return total
@@ -289,6 +301,22 @@ class SequenceGAN(nn.Module):
         self.average: Optional[Generator] = None
         if self.g_ema:
             self.average = copy.deepcopy(generator).requires_grad_(False)
+        self.d_scaler: Optional[torch.amp.GradScaler] = None
+        self._d_scaler_state: Optional[Dict[str, Any]] = None  # loaded before the scaler exists
+
+    def d_scaler_for(self, device: torch.device) -> Optional[torch.amp.GradScaler]:
+        """The discriminator's loss scaler where fp16 autocast is on for ``device``'s type
+        (created at the first such step), else None."""
+        kind = device.type
+        if not (
+            torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+        ):
+            return None
+        if self.d_scaler is None:
+            self.d_scaler = torch.amp.GradScaler(kind)
+            if self._d_scaler_state:
+                self.d_scaler.load_state_dict(self._d_scaler_state)
+        return self.d_scaler
 
     @torch.no_grad()
     def update_average(self) -> None:
@@ -304,10 +332,14 @@ class SequenceGAN(nn.Module):
         return self.average if self.average is not None else self.generator
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"d_optimizer": self.d_optimizer.state_dict()}
+        scaler = self.d_scaler.state_dict() if self.d_scaler is not None else None
+        return {"d_optimizer": self.d_optimizer.state_dict(), "d_scaler": scaler}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self._d_scaler_state = state.get("d_scaler")  # absent from older checkpoints
+        if self.d_scaler is not None and self._d_scaler_state:
+            self.d_scaler.load_state_dict(self._d_scaler_state)
 
 
 class GANExperiment:
@@ -398,15 +430,20 @@ class GANExperiment:
         if step > 0:  # fold in the weights the trainer's last update produced
             self.model.update_average()
 
-        # 1. Discriminator: its own Adam, stepped here.
+        # 1. Discriminator: its own Adam, stepped here (with its own loss scaler under fp16).
+        d_opt, scaler = self.model.d_optimizer, self.model.d_scaler_for(real.device)
         for _ in range(self.d_steps):
             d_real, d_fake = d(real), d(self.fake(n, generator))
             d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-            self.model.d_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
+            d_opt.zero_grad(set_to_none=True)
+            (scaler.scale(d_loss) if scaler is not None else d_loss).backward()
             # Several processes: DDP does not see this optimizer, so average its gradients here.
             distributed.all_reduce_gradients(d.parameters())
-            self.model.d_optimizer.step()
+            if scaler is None:
+                d_opt.step()
+            else:
+                scaler.step(d_opt)  # skipped when a gradient is inf/NaN
+                scaler.update()
 
         # 2. Generator: D frozen while the graph is built, so the loss reaches G only (autograd
         # records requires_grad at build time; switching it back on afterwards is safe).

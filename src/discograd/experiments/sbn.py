@@ -6,8 +6,11 @@ trains with :func:`discograd.train.fit`, and writes in the output folder: config
 metrics.jsonl, checkpoint.pt, summary.json and two figures (completions.png: test digits and
 sampled completions of their lower halves; training_curve.png).
 
-:func:`train_and_summarize` is shared with ``discograd semisup``: it runs the loop and writes
-summary.json with the wall time and the training steps per second (evaluation time excluded).
+:func:`train_config` and :func:`train_and_summarize` are shared with ``discograd semisup``:
+the loop's settings from the options, and the loop itself, which writes summary.json with the
+wall time and the training steps per second (evaluation time excluded). With ``--nproc N`` the
+command restarts itself in N processes (:func:`discograd.cli._common.launch_if_requested`) once
+its settings are checked; every process trains, rank 0 alone prints and writes files.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["build_estimators", "run", "train_and_summarize"]
+__all__ = ["build_estimators", "run", "train_and_summarize", "train_config"]
 
 Say = Callable[[str], None]
 
@@ -41,17 +44,13 @@ def build_estimators(args: argparse.Namespace, n: int, distribution: str) -> Tup
     return estimators, built[0][1]
 
 
-def train_and_summarize(
-    experiment: Any, args: argparse.Namespace, say: Say, name: str
-) -> Tuple[Any, Dict[str, Any]]:
-    """fit() with the options' TrainConfig; writes and returns summary.json's content.
+def train_config(args: argparse.Namespace) -> Any:
+    """The :class:`~discograd.train.TrainConfig` the options describe (ValueError if invalid),
+    the shared ones (--precision, --compile) included."""
+    from discograd.cli._common import training_settings
+    from discograd.train import TrainConfig
 
-    ``steps_per_second`` counts training only: the experiment's ``eval_seconds`` (time spent
-    in evaluate) is subtracted from the wall time.
-    """
-    from discograd.train import TrainConfig, fit
-
-    config = TrainConfig(
+    return TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -62,10 +61,28 @@ def train_and_summarize(
         out_dir=args.out,
         resume=args.resume,
         quiet=args.quiet,
-        device=getattr(args, "device", "cpu"),
+        device=args.device,
+        **training_settings(args),
     )
-    say(f"output: {Path(args.out).resolve()}")
+
+
+def train_and_summarize(
+    experiment: Any, config: Any, say: Say, name: str
+) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """fit() with ``config``; on rank 0, writes summary.json and returns its content with the
+    result (other ranks of a multi-process run: the result and None).
+
+    ``steps_per_second`` counts training only: the experiment's ``eval_seconds`` (time spent
+    in evaluate) is subtracted from the wall time. Under several processes it is the steps of
+    the whole run (each step one global batch) per second.
+    """
+    from discograd.cli._common import is_main
+    from discograd.train import fit
+
+    say(f"output: {Path(config.out_dir).resolve()}")
     result = fit(experiment, config)
+    if not is_main():
+        return result, None
     train_seconds = max(result.elapsed - getattr(experiment, "eval_seconds", 0.0), 1e-9)
     summary = {
         "experiment": name,
@@ -74,20 +91,22 @@ def train_and_summarize(
         "train_seconds": round(train_seconds, 2),
         "steps_per_second": round(result.step / train_seconds, 2),
         "torch_threads": torch.get_num_threads(),
+        "processes": result.world_size,
         **{split: metrics for split, metrics in result.final.items()},
     }
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (Path(config.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result, summary
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``discograd sbn`` command (see :mod:`discograd.cli.sbn` for the options)."""
+    from discograd.cli._common import is_main, launch_if_requested
     from discograd.cli.vae import load_dataset
     from discograd.models.sbn import PerLayer, SBNExperiment, StochasticBinaryNetwork, split_halves
     from discograd.train import CheckpointError, NonFiniteLossError, seeded
 
     def say(msg: str) -> None:
-        if not args.quiet:
+        if not args.quiet and is_main():  # rank 0 speaks for a multi-process run
             print(msg, flush=True)
 
     try:
@@ -115,9 +134,14 @@ def run(args: argparse.Namespace) -> int:
         model.init_output_bias(
             split_halves(experiment.binarized("train"), data.image_shape)[1].mean(0)
         )
+        config = train_config(args)
     except (ValueError, ImportError, TypeError, OSError) as exc:
         print(f"discograd sbn: error: {exc}", file=sys.stderr)
         return 2
+    # --nproc N: the settings are valid; run them in N processes instead of this one.
+    code = launch_if_requested(args)
+    if code is not None:
+        return code
 
     n_tr, n_va, n_te = (int(getattr(data, s).shape[0]) for s in ("train", "valid", "test"))
     say(
@@ -127,10 +151,12 @@ def run(args: argparse.Namespace) -> int:
     )
     say(f"model: SBN {model.describe()}; estimator on every layer: {args.estimator} {settings}")
     try:
-        result, summary = train_and_summarize(experiment, args, say, "sbn")
+        result, summary = train_and_summarize(experiment, config, say, "sbn")
     except (NonFiniteLossError, CheckpointError) as exc:
         print(f"discograd sbn: {exc}", file=sys.stderr)
         return 1
+    if summary is None:
+        return 0  # not rank 0: rank 0 writes the files and prints the result
     if not args.no_plots:
         figures = draw_figures(experiment, Path(args.out), args)
         if figures:

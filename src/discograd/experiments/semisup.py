@@ -3,7 +3,9 @@ against marginalizing it as the number of classes grows (Jang et al., 2016, sect
 
 ``run`` trains :class:`~discograd.models.m2.M2` with :func:`discograd.train.fit` and writes
 config.json, metrics.jsonl, checkpoint.pt, summary.json (test accuracy, negative ELBO with y
-marginalized, training steps per second) and training_curve.png.
+marginalized, training steps per second) and training_curve.png. With ``--nproc N`` it trains
+in N processes (:class:`ShardedM2Experiment` splits each batch's labeled and unlabeled parts
+among them so that the averaged gradient is the one-process batch's); rank 0 alone writes.
 
 ``measure_speed`` (``discograd semisup --speed``) times training steps of the same model with
 each estimator of y (``exact`` = Kingma et al.'s marginalization, K passes of the encoder and
@@ -22,20 +24,88 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["build_experiment", "format_speed_table", "measure_speed", "run"]
+from discograd import distributed
+from discograd.models.m2 import SemiSupervisedExperiment
+
+__all__ = ["ShardedM2Experiment", "build_experiment", "format_speed_table", "measure_speed", "run"]
 
 
-def build_experiment(args: argparse.Namespace, data: Any, estimator: Optional[Any] = None):
+class ShardedM2Experiment(SemiSupervisedExperiment):
+    r""":class:`~discograd.models.m2.SemiSupervisedExperiment` whose batches several processes
+    share term by term (one process: the same experiment, step for step).
+
+    A batch holds :math:`n_l` labeled and :math:`n_u` unlabeled images, usually in different
+    numbers (the epoch's last unlabeled batch is short), and the objective is a sum of means
+    over each, :math:`\mathcal{J} = \frac{1}{n_l}\sum_l (\mathcal{L}_i + \alpha\,
+    \mathrm{CE}_i) + \frac{1}{n_u}\sum_u \mathcal{U}_j`, so the trainer's one weight per rank
+    (:func:`discograd.distributed.shard`) cannot make the ranks' average its gradient. Here
+    each part is split among the N ranks on its own, and rank r's loss is
+
+    .. math:: \mathcal{J}_r = \frac{N}{n_l}\sum_{i \in l_r} (\mathcal{L}_i + \alpha\,
+              \mathrm{CE}_i) + \frac{N}{n_u}\sum_{j \in u_r} \mathcal{U}_j,
+
+    so that :math:`\frac1N\sum_r \mathcal{J}_r = \mathcal{J}` for any shares, and the average
+    DistributedDataParallel takes of the gradients is :math:`\nabla\mathcal{J}`. A part with
+    fewer rows than ranks leaves some ranks no share: those get the whole part with factor 0,
+    so that they still run the forward and backward the gradient average waits for (an empty
+    share's mean would be NaN).
+    """
+
+    def shard_batch(
+        self, batch: Dict[str, Tensor], rank: int, world_size: int
+    ) -> Tuple[Any, float]:
+        if world_size == 1:
+            return batch, 1.0
+        labeled, w_l = distributed.shard(
+            {"x_l": batch["x_l"], "y_l": batch["y_l"]}, rank, world_size
+        )
+        (x_u,), w_u = distributed.shard((batch["x_u"],), rank, world_size)
+        # w = N n_r / n (0 for no share): the factor of the share's sum is w / n_r = N / n.
+        return {
+            **labeled,
+            "x_u": x_u,
+            "scale_l": w_l / labeled["x_l"].shape[0],
+            "scale_u": w_u / x_u.shape[0],
+        }, 1.0
+
+    def loss(
+        self, batch: Dict[str, Any], step: int, generator: torch.Generator
+    ) -> Tuple[Tensor, Dict[str, Any]]:
+        if "scale_u" not in batch:  # one process: the base experiment's batch means
+            return super().loss(batch, step, generator)
+        model, s_l, s_u = self.model, batch["scale_l"], batch["scale_u"]
+        x_l, y_l, x_u = batch["x_l"], batch["y_l"], batch["x_u"]
+        # The same draws, in the same order, as the base experiment's loss.
+        labeled = model.labeled_loss(x_l, y_l, model.noise(x_l, generator))
+        unlabeled, _ = model.unlabeled_loss(
+            x_u, self.estimator, model.noise(x_u, generator), generator
+        )
+        ce = F.cross_entropy(model.class_logits(x_l), y_l, reduction="sum")
+        labeled, unlabeled, ce = s_l * labeled.sum(), s_u * unlabeled.sum(), s_l * ce
+        # Logged: this rank's terms, which the trainer averages into the batch means.
+        return labeled + unlabeled + self.alpha * ce, {
+            "labeled": labeled.detach(),
+            "unlabeled": unlabeled.detach(),
+            "ce": ce.detach(),
+        }
+
+
+def build_experiment(
+    args: argparse.Namespace, data: Any, estimator: Optional[nn.Module] = None
+) -> ShardedM2Experiment:
     """M2 and its experiment from the options (``estimator`` overrides --estimator)."""
     from discograd.experiments.sbn import build_estimators
-    from discograd.models.m2 import M2, SemiSupervisedExperiment
+    from discograd.models.m2 import M2
     from discograd.train import seeded
 
     settings: Dict[str, Any] = {}
+    est: nn.Module
     if estimator is None:
         if args.estimator == "exact" and not any(
             o.startswith("batch_dims=") for o in args.estimator_option
@@ -43,14 +113,16 @@ def build_experiment(args: argparse.Namespace, data: Any, estimator: Optional[An
             # f's batch dims are known (one: the examples); saves Exact's probing call of f.
             options = [*args.estimator_option, "batch_dims=1"]
             args = argparse.Namespace(**{**vars(args), "estimator_option": options})
-        (estimator,), settings = build_estimators(args, 1, "categorical")
+        (est,), settings = build_estimators(args, 1, "categorical")
+    else:
+        est = estimator
     with seeded(args.seed):
         model = M2(data.dim, args.n_classes, z_dim=args.z_dim, hidden=args.hidden)
     model.init_output_bias(data.train.mean(0))
-    experiment = SemiSupervisedExperiment(
+    experiment = ShardedM2Experiment(
         data,
         model,
-        estimator,
+        est,
         n_labeled=args.n_labeled,
         alpha=args.alpha,
         label_seed=args.label_seed,
@@ -61,22 +133,29 @@ def build_experiment(args: argparse.Namespace, data: Any, estimator: Optional[An
 
 def run(args: argparse.Namespace) -> int:
     """The ``discograd semisup`` command (options in :mod:`discograd.cli.semisup`)."""
+    from discograd.cli._common import is_main, launch_if_requested
     from discograd.cli.vae import load_dataset
-    from discograd.experiments.sbn import train_and_summarize
+    from discograd.experiments.sbn import train_and_summarize, train_config
     from discograd.train import CheckpointError, NonFiniteLossError
 
     def say(msg: str) -> None:
-        if not args.quiet:
+        if not args.quiet and is_main():  # rank 0 speaks for a multi-process run
             print(msg, flush=True)
 
     try:
         data = load_dataset(args.dataset)
         if args.speed:
+            _check_speed_options(args)
             return _run_speed(args, data, say)
         experiment = build_experiment(args, data)
+        config = train_config(args)
     except (ValueError, ImportError, TypeError, OSError) as exc:
         print(f"discograd semisup: error: {exc}", file=sys.stderr)
         return 2
+    # --nproc N: the settings are valid; run them in N processes instead of this one.
+    code = launch_if_requested(args)
+    if code is not None:
+        return code
     say(
         f"data: {data.name}: {data.description}; {experiment.n_labeled} labeled / "
         f"{experiment.x_unlabeled.shape[0]} unlabeled training images, {args.n_classes} classes"
@@ -86,10 +165,12 @@ def run(args: argparse.Namespace) -> int:
         f"{args.estimator}{' (marginalization)' if args.estimator == 'exact' else ''}"
     )
     try:
-        result, summary = train_and_summarize(experiment, args, say, "semisup")
+        result, summary = train_and_summarize(experiment, config, say, "semisup")
     except (NonFiniteLossError, CheckpointError) as exc:
         print(f"discograd semisup: {exc}", file=sys.stderr)
         return 1
+    if summary is None:
+        return 0  # not rank 0: rank 0 writes the files and prints the result
     if not args.no_plots:
         from discograd.plotting import PlottingUnavailable, read_jsonl, training_curve
 
@@ -152,13 +233,14 @@ def measure_speed(
             noise_gen = torch.Generator(device).manual_seed(args.seed)
             batches = _endless(exp, args.batch_size, data_gen, device)
             runs[name] = (exp, opt, noise_gen, batches)
-            _steps(*runs[name], warmup)
+            _steps(exp, opt, noise_gen, batches, warmup)
         rates: Dict[str, List[float]] = {name: [] for name in estimators}
         for _ in range(rounds):
             for name in estimators:
+                exp, opt, noise_gen, batches = runs[name]
                 _sync(device)
                 start = time.perf_counter()
-                _steps(*runs[name], steps)
+                _steps(exp, opt, noise_gen, batches, steps)
                 _sync(device)
                 rates[name].append(steps / (time.perf_counter() - start))
         for name in estimators:
@@ -212,6 +294,14 @@ def format_speed_table(rows: List[Dict[str, Any]]) -> str:
             f"| {r['classes']} | {label} | {r['steps_per_second']:.1f} | {rounds} | {speedup} |"
         )
     return "\n".join(lines)
+
+
+def _check_speed_options(args: argparse.Namespace) -> None:
+    # The timing harness is one process in fp32: refuse rather than time something else.
+    if args.nproc > 1 or distributed.world_size() > 1:
+        raise ValueError("--speed times one process; drop --nproc (and do not start torchrun)")
+    if args.precision != "fp32" or args.compile:
+        raise ValueError("--speed times fp32 eager steps; drop --precision and --compile")
 
 
 def _run_speed(args: argparse.Namespace, data: Any, say) -> int:
