@@ -4,6 +4,10 @@ Trains :class:`discograd.models.DiscreteVAE` with :func:`discograd.train.fit`, t
 in the output folder: config.json, metrics.jsonl, checkpoint.pt, summary.json and three
 figures (reconstructions.png, samples.png, training_curve.png); prints the final test negative
 ELBO and importance-weighted bound in nats per example.
+
+summary.json: ``seconds`` is the whole run's wall time (a resumed run's includes the time
+before the interruption); ``train_seconds`` and ``steps_per_second`` leave out the time this
+process spent evaluating (periodic and final evaluations; checkpoints stay in).
 """
 
 from __future__ import annotations
@@ -189,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # this process is ours: the command line's choice
     try:
+        device = check_device(args.device)
         data = load_dataset(args.dataset)
         estimator, est_settings = build_estimator(args)
         if args.latent not in getattr(estimator, "distributions", (args.latent,)):
@@ -215,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             resume=args.resume,
             quiet=args.quiet,
-            device=args.device,
+            device=device,
             **training_settings(args),
         )
     except (ValueError, ImportError, TypeError, OSError) as exc:
@@ -243,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
     )
     say(f"output: {Path(args.out).resolve()}")
     torch_threads = torch.get_num_threads()
+    eval_timer = _time_evaluations(experiment)
     try:
         result = fit(experiment, config)
     except (NonFiniteLossError, CheckpointError) as exc:
@@ -256,9 +262,14 @@ def run(args: argparse.Namespace) -> int:
         figures = draw_figures(experiment, data, out, args)
         if figures:
             say("figures: " + ", ".join(str(f) for f in figures))
+    # Training only: the evaluations' time (periodic and final) is not part of a step's cost.
+    train_seconds = max(result.elapsed - eval_timer.seconds, 1e-9)
     summary = {
         "steps": result.step,
         "seconds": round(result.elapsed, 2),
+        "train_seconds": round(train_seconds, 2),
+        "steps_per_second": round(result.step / train_seconds, 2),
+        "device": device,
         "torch_threads": torch_threads,
         "processes": result.world_size,
         **{split: metrics for split, metrics in result.final.items()},
@@ -274,6 +285,60 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def check_device(text: str) -> str:
+    """``--device`` checked before any work: a torch device string this machine has.
+
+    Returns it unchanged; ValueError naming --device for a malformed string, a device type
+    without a backend here (cuda without a GPU, ...) or an index past the devices present.
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps): {exc}"
+        ) from None
+    if device.type == "cpu":
+        return text
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise ValueError(
+            f"--device {text!r}: no {device.type} device is available to this torch "
+            f"({torch.__version__}); use --device cpu"
+        )
+    count = getattr(backend, "device_count", None)
+    present = count() if callable(count) else None
+    if device.index is not None and isinstance(present, int) and device.index >= present:
+        raise ValueError(
+            f"--device {text!r}: this machine has {present} {device.type} device(s), numbered "
+            f"from 0"
+        )
+    return text
+
+
+class _EvalTimer:
+    seconds = 0.0
+
+
+def _time_evaluations(experiment: Any) -> _EvalTimer:
+    """Wrap ``experiment.evaluate`` to add up its wall time (to report training-only rates)."""
+    import time
+
+    timer, evaluate = _EvalTimer(), experiment.evaluate
+
+    def timed(split: str, generator: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return evaluate(split, generator)
+        finally:
+            timer.seconds += time.perf_counter() - start
+
+    experiment.evaluate = timed
+    return timer
 
 
 def load_dataset(name: str) -> Any:

@@ -17,7 +17,15 @@ differentiating through the noise's dependence on theta as well would change the
 by :math:`\sum_D (\partial p(D)/\partial\theta)\,\mathbb{E}[\,\cdot \mid D]`.
 
 Biased for :math:`\nabla\mathbb{E}[f(z)]`, like ST-GS. Cost: 1 evaluation of f (S with
-n_samples) and k softmaxes per sample. Bernoulli variables use the two-class view [0, a].
+n_samples) and k softmaxes per sample.
+
+Bernoulli variables (P(b = 1) = sigmoid(a)) take a closed form instead of the two-class view
+[0, a]: the relaxed sample is :math:`\sigma(s/\tau)` with :math:`s = a + L` and L a logistic
+truncated to the side of -a that b fixes, drawn exactly by inverse CDF
+(:func:`~discograd.estimators._conditional.conditional_logistic`); s has derivative 1 in a with
+the noise held fixed, as :math:`z_1 - z_0` has in the two-class view. Same distribution, so
+the same estimator, at a fraction of the cost (no (..., 2) tensors, one exponential instead
+of two per variable and perturbation).
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ import torch
 from torch import Tensor
 
 from discograd._validation import check_positive_int
-from discograd.estimators._conditional import conditional_gumbel
-from discograd.estimators._family import Family
+from discograd.estimators._conditional import conditional_gumbel, conditional_logistic
+from discograd.estimators._family import BernoulliFamily, Family
 from discograd.estimators.base import (
     LossFn,
     Relaxed,
@@ -58,6 +66,8 @@ class GumbelRao(Relaxed):
         self.n_samples = check_n_samples(n_samples)
 
     def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
+        if isinstance(family, BernoulliFamily):
+            return self._bernoulli(f, family, generator)
         logits, decode = categorical_view(family)
         theta = logits.to(compute_dtype(logits.dtype)).expand((self.n_samples,) + logits.shape)
         d = gumbel_max(theta.detach(), generator=generator, one_hot=True)  # (S, ..., K)
@@ -71,6 +81,23 @@ class GumbelRao(Relaxed):
         soft = torch.softmax(_tempered(perturbed, tau), -1).mean(0)
         z = straight_through(d, soft).to(logits.dtype)
         return evaluate(f, decode(z), family).mean(0)
+
+    def _bernoulli(
+        self, f: LossFn, family: BernoulliFamily, generator: Optional[torch.Generator]
+    ) -> Tensor:
+        """The closed form for Bernoulli variables (see the module docstring)."""
+        logits = family.logits
+        a = logits.to(compute_dtype(logits.dtype)).expand((self.n_samples,) + logits.shape)
+        b = family.sample(self.n_samples, generator).to(a.dtype)  # (S, ...) exact 0/1
+        # The 2-class view's checks and broadcasting of a tensor tau, without its class dim.
+        tau = _tau_for(self.temperature(), a.unsqueeze(-1), -1)
+        if isinstance(tau, Tensor):
+            tau = tau.squeeze(-1)
+        # k draws of a + L given b, (k, S, ...), the noise held fixed in the derivative.
+        s = conditional_logistic(a.detach(), b, generator, n=self.k) + zero_value(a)
+        soft = torch.sigmoid(s / tau).mean(0)
+        z = straight_through(b, soft).to(logits.dtype)
+        return evaluate(f, z, family).mean(0)
 
     def extra_repr(self) -> str:
         return (
