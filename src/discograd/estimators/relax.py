@@ -21,7 +21,10 @@ logistic-perturbed logits a + L, (S, *logits.shape); masked (-inf) entries are g
   entries under each output, which fits any shape.
 
 ``rebar_term=False`` drops :math:`\eta f(\sigma_\lambda(z))`. Cost: 3 evaluations of f per
-sample with the REBAR term, 1 without, plus 2 of r. Categorical and Bernoulli.
+sample with the REBAR term, 1 without, plus 2 of r. Categorical and Bernoulli; Bernoulli
+variables take REBAR's closed form, where ``coupling="tied"`` (default) makes
+:math:`\tilde z = z` in value, so c is evaluated once: 2 evaluations of f with the REBAR term,
+1 without, and 1 of r (:mod:`._control_variate`).
 
 Grathwohl, Choi, Wu, Roeder & Duvenaud, "Backpropagation through the void: optimizing control
 variates for black-box gradient estimation", ICLR 2018.
@@ -47,7 +50,7 @@ def _mlp(in_features: int, hidden: int) -> nn.Module:
 class RELAX(ControlVariateEstimator):
     """RELAX with the residual control variate ``net`` (see the module docstring)."""
 
-    evaluations = "3S (S with rebar_term=False)"
+    evaluations = "3S (S with rebar_term=False; 2S and S for tied Bernoulli)"
 
     def __init__(
         self,
@@ -59,8 +62,9 @@ class RELAX(ControlVariateEstimator):
         eta: float = 1.0,
         temperature: float = 0.5,
         train_cv: bool = True,
+        coupling: str = "tied",
     ) -> None:
-        super().__init__(n_samples, eta, temperature, train_cv)
+        super().__init__(n_samples, eta, temperature, train_cv, coupling)
         self.rebar_term = bool(rebar_term)
         if not self.rebar_term:  # c = r alone: eta and the temperature have no part in it
             del self.eta, self.log_temperature
@@ -79,10 +83,8 @@ class RELAX(ControlVariateEstimator):
         self.net = net
 
     def residual(self, z: Tensor, family: Family, out_ndim: int) -> Tensor:
-        # Bernoulli: only z_1 - z_0 = a + L carries information about b.
-        x = z[..., 1] - z[..., 0] if family.kind == "bernoulli" else z
         # A masked category's z is -inf in every draw: a constant 0 tells the net as much.
-        x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+        x = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
         param = next(self.net.parameters(), None)
         x = x.to(z.dtype if param is None else param.dtype)
         if self.mode == "flat":

@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -49,8 +50,19 @@ def cache_dir() -> Path:
 
 
 def _build_key(source: bytes, flags: list) -> str:
+    # The install locations are part of the key: ninja's command line holds torch's and
+    # Python's include paths, so two environments sharing one build folder (same versions,
+    # different venvs) would otherwise rebuild the kernel every time they alternate.
     h = hashlib.sha256(source)
-    for part in (torch.__version__, sys.version, platform.machine(), " ".join(flags)):
+    parts = (
+        torch.__version__,
+        str(Path(torch.__file__).resolve().parent),
+        sys.version,
+        sysconfig.get_paths()["include"],
+        platform.machine(),
+        " ".join(flags),
+    )
+    for part in parts:
         h.update(part.encode())
     return h.hexdigest()[:16]
 
