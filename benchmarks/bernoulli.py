@@ -90,8 +90,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(1)
     res = measure(args.shape, args.rounds, args.calls)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cpu = platform.processor() or platform.machine()
     print(
-        f"Bernoulli logits {tuple(args.shape)}, 1 thread, {platform.processor() or platform.machine()}, "
+        f"Bernoulli logits {tuple(args.shape)}, 1 thread, {cpu}, "
         f"torch {torch.__version__}, load average {load:.2f}"
     )
     print()
