@@ -4,30 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from discograd.cli import main
+from tests.test_vae import run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _run(args, cwd, extra_path=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if extra_path:
-        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "discograd", "diagnose", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _table_rows(text, name):
@@ -69,19 +53,10 @@ def test_end_to_end_in_a_subprocess(user_module, tmp_path):
     # One run covers a built-in problem and a user function found through PYTHONPATH (the
     # working directory is elsewhere): one interpreter start instead of two.
     out = tmp_path / "out"
-    proc = _run(
-        [
-            "--n",
-            "20",
-            "--estimators",
-            "reinforce,st,exact,reparam",
-            "--problem",
-            "rebar-0.45",
-            "--function",
-            "usermod_diag:problem",
-            "--out",
-            str(out),
-        ],
+    proc = run_cli(
+        "diagnose",
+        *["--n", "20", "--estimators", "reinforce,st,exact,reparam", "--problem", "rebar-0.45"],
+        *["--function", "usermod_diag:problem", "--out", str(out)],
         cwd=tmp_path,
         extra_path=user_module,
     )

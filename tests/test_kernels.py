@@ -476,6 +476,24 @@ def triton_interpreter_checks() -> None:
     want_gx, want_gt = same.gumbel_softmax_backward(grad, y, 1.0, tau_rows, True)
     torch.testing.assert_close(gx, want_gx, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gt, want_gt, rtol=1e-5, atol=1e-6)
+    # Short rows (several rows share a 64-column chunk) and the one-pass backward (a row that
+    # fits one block).
+    small = torch.randn(9, 10, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        triton_gs.noise(seed, 9, 10, torch.float32), same.gumbel_noise(seed, 9, 10, torch.float32)
+    )
+    one_hot, y = triton_gs.forward(small, seed, 0.3, None, True)
+    want_hard, want = same.gumbel_softmax_hard(small, seed, 0.3, None)
+    torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(one_hot, want_hard)
+    gx, gt = triton_gs.backward(
+        torch.ones_like(y) + y, y, 0.3, tau_rows[:1].expand(9).contiguous(), True
+    )
+    want_gx, want_gt = same.gumbel_softmax_backward(
+        torch.ones_like(y) + y, y, 0.3, tau_rows[:1].expand(9).contiguous(), True
+    )
+    torch.testing.assert_close(gx, want_gx, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gt, want_gt, rtol=1e-5, atol=1e-6)
     print("triton interpreter ok")
 
 

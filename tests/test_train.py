@@ -247,3 +247,89 @@ def test_bad_config_is_a_value_error():
         TrainConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="out_dir"):
         TrainConfig(resume=True)
+
+
+class ModeToy(Toy):
+    """Toy that records the modules' training flags at every training step and evaluation."""
+
+    def __init__(self, estimator: nn.Module):
+        super().__init__(estimator)
+        self.modes: list = []
+
+    def loss(self, batch, step, generator):
+        if step >= 0:  # evaluate() calls loss with step -1
+            self.modes.append(("step", self.model.training, self.estimator.training))
+        return super().loss(batch, step, generator)
+
+    def evaluate(self, split, generator):
+        self.modes.append(("eval", self.model.training, self.estimator.training))
+        return super().evaluate(split, generator)
+
+
+def test_steps_train_and_evaluations_eval_even_when_the_caller_left_eval_mode(tmp_path):
+    # fit sets the modes once before the loop and after each evaluation, not at every step.
+    exp = ModeToy(get("st"))
+    exp.model.eval()
+    exp.estimator.eval()
+    fit(exp, config(tmp_path, steps=7, eval_every=3))
+    kinds = [kind for kind, *_ in exp.modes]
+    assert kinds == ["step"] * 3 + ["eval"] + ["step"] * 3 + ["eval"] + ["step"] + ["eval"] * 2
+    assert all(flags == [True, True] for kind, *flags in exp.modes if kind == "step")
+    assert all(flags == [False, False] for kind, *flags in exp.modes if kind == "eval")
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinite_loss_stops_early_before_any_checkpoint_of_it(tmp_path, bad):
+    class Infinite(Toy):
+        def loss(self, batch, step, generator):
+            value, metrics = super().loss(batch, step, generator)
+            return (value + bad, metrics) if step >= 5 else (value, metrics)
+
+    exp = Infinite(get("st"))
+    with pytest.raises(NonFiniteLossError, match=f"loss is {bad} at step 6"):
+        fit(exp, config(tmp_path))
+    assert all(torch.isfinite(p).all() for p in exp.model.parameters())
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")  # the one of step 4, not a later one
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    last = rows(tmp_path)[-1]
+    assert last["event"] == "stopped" and last["step"] == 6
+
+
+def test_metrics_are_read_in_one_transfer_with_the_values_item_gives(monkeypatch):
+    from discograd.train import _read_metrics
+
+    loss = torch.tensor(1 / 3, dtype=torch.float32, requires_grad=True) * 3
+    metrics = {
+        "loss": loss.detach(),
+        "bf16": torch.tensor(1.1, dtype=torch.bfloat16),
+        "fp16": torch.tensor([1.1], dtype=torch.float16),
+        "fp64": torch.tensor([[1 / 7]], dtype=torch.float64),
+        "count": torch.tensor(3),  # an integer stays an int
+        "flag": torch.tensor(True),
+        "vector": torch.tensor([0.5, 0.25]),
+        "plain": 2.5,
+    }
+    expected = {
+        k: (v.item() if v.numel() == 1 else v.tolist()) if isinstance(v, torch.Tensor) else v
+        for k, v in metrics.items()
+    }
+    reads = []
+    original = torch.Tensor.tolist
+
+    def counting(self):
+        reads.append(self.shape)
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    finite, values = _read_metrics(loss, metrics)
+    assert finite is True
+    assert list(values) == list(metrics)  # the order of the JSON keys
+    for key in expected:
+        assert values[key] == expected[key] and type(values[key]) is type(expected[key]), key
+    # The loss and the four one-element float metrics, in one read (the vector on its own).
+    assert torch.Size([5]) in reads and len(reads) == 2
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert _read_metrics(torch.tensor(bad), {"loss": torch.tensor(0.0)})[0] is False
+        assert _read_metrics(torch.tensor([1.0, bad]), {})[0] is False  # not one element
+    assert _read_metrics(torch.tensor([[2.0]], dtype=torch.bfloat16), {})[0] is True

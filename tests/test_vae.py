@@ -184,9 +184,15 @@ def test_iw_bound_statistics(latent):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd):
-    """``python -m discograd ARGS`` in a fresh interpreter."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+def run_cli(*args, cwd, extra_path=None):
+    """``python -m discograd ARGS`` in a fresh interpreter, with this checkout's src (after
+    ``extra_path``, if given) first on the import path."""
+    paths = [extra_path, ROOT / "src", os.environ.get("PYTHONPATH")]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(str(p) for p in paths if p),
+    )
     return subprocess.run(
         [sys.executable, "-m", "discograd", *args],
         cwd=cwd,
@@ -315,3 +321,34 @@ def test_vae_preset_sets_the_papers_options_and_the_command_line_wins():
     assert args.steps == 7
     default = build_parser().parse_args(["vae"])
     assert (default.n_latent, default.batch_size) != (20, 100)
+
+
+def test_experiments_evaluate_on_one_static_draw_per_split():
+    """VAE, SBN and M2 experiments share discograd.data.binarize.StaticSplits: each split is
+    Bernoulli(intensity) drawn once with binarize_seed, kept, and the same in all three."""
+    from discograd.data import load_digits
+    from discograd.data.binarize import binarize
+    from discograd.models import VAEExperiment
+    from discograd.models.m2 import M2, SemiSupervisedExperiment
+    from discograd.models.sbn import SBNExperiment, StochasticBinaryNetwork
+
+    data = load_digits()
+    half = data.dim // 2
+    experiments = [
+        VAEExperiment(data, DiscreteVAE(data.dim, 2, 3, hidden=(4,)), get("st"), binarize_seed=5),
+        SBNExperiment(
+            data, StochasticBinaryNetwork(half, half, n_latent=2), [get("st")] * 2, binarize_seed=5
+        ),
+        SemiSupervisedExperiment(data, M2(data.dim, 10, z_dim=2, hidden=(4,)), get("exact"),
+                                 binarize_seed=5),
+    ]  # fmt: skip
+    for split in ("valid", "test"):
+        expected = binarize(getattr(data, split), "static", seed=5)
+        assert set(expected.unique().tolist()) == {0.0, 1.0}
+        for exp in experiments:
+            first = exp.binarized(split)
+            assert torch.equal(first, expected) and exp.binarized(split) is first  # cached
+    other = VAEExperiment(data, DiscreteVAE(data.dim, 2, 3, hidden=(4,)), get("st"))
+    assert not torch.equal(other.binarized("test"), experiments[0].binarized("test"))  # seed 0
+    with pytest.raises(ValueError, match="split"):
+        experiments[1].binarized("validation")

@@ -334,3 +334,187 @@ def test_gumbel_noise_needs_a_floating_dtype():
 def test_straight_through_needs_equal_shapes():
     with pytest.raises(ValueError, match="shape"):
         straight_through(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+# ---------------------------------------------------------- the screened checks themselves
+# check_logits, check_probs and check_tau clear valid input with one reduction and one sync,
+# and fall back to detailed passes otherwise. Their verdicts (and messages) must be those of the
+# detailed passes alone, written out below as the reference, on any input: overflowing sums,
+# masks, NaN next to infinities, empty dims, every dtype.
+
+
+def _verdict(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+def _reference_check_logits(logits: Tensor, *, name: str = "logits", dim=-1) -> None:
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
+    if dim is not None and logits.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (the categories)")
+    if torch.isnan(logits).any():
+        raise ValueError(f"{name} contains NaN")
+    if torch.isposinf(logits).any():
+        raise ValueError(f"{name} contains +inf; use -inf to mask a category, not +inf")
+    if dim is not None:
+        if logits.shape[dim] == 0:
+            raise ValueError(f"{name} has no categories along dim={dim}")
+        if torch.isneginf(logits).all(dim=dim).any():
+            raise ValueError(f"{name}: all categories are masked (-inf) in at least one row")
+
+
+def _reference_check_probs(probs: Tensor, *, name: str = "probs", dim=-1, atol=1e-4) -> None:
+    if torch.isnan(probs).any():
+        raise ValueError(f"{name} contains NaN")
+    if (probs < 0).any() or (probs > 1).any():
+        raise ValueError(f"{name} must lie in [0, 1]")
+    total = probs.sum(dim)
+    if not torch.allclose(total, torch.ones_like(total), atol=atol):
+        raise ValueError(f"{name} must sum to 1 along dim={dim}")
+
+
+def _reference_check_tau(tau: Tensor, *, name: str = "tau") -> None:
+    if torch.isnan(tau).any():
+        raise ValueError(f"{name} contains NaN")
+    if (tau <= 0).any():
+        raise ValueError(f"{name} must be > 0, got a value <= 0")
+    if torch.isinf(tau).any():
+        raise ValueError(f"{name} must be finite")
+
+
+SCREEN = settings(PROPS, max_examples=300)
+
+
+@st.composite
+def _shape_and_dim(draw, min_size: int = 0):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(min_size, 4), min_size=ndim, max_size=ndim)))
+    dim = draw(st.sampled_from([None, -1, *range(ndim)]))
+    return shape, dim
+
+
+def _sprinkle(draw, shape, dtype, palette):
+    """A tensor of ``shape`` whose entries are N(0, 1) or, each with a drawn probability, one of
+    ``palette``; sometimes a whole row along the last dim is set to one palette value."""
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    p = draw(st.sampled_from([0.0, 0.05, 0.3, 0.9]))
+    if x.numel() and p:
+        pick = torch.randint(len(palette), shape, generator=g)
+        mask = torch.rand(shape, generator=g) < p
+        x = torch.where(mask, torch.tensor(palette, dtype=torch.float64)[pick], x)
+    if x.numel() and draw(st.booleans()):
+        x.reshape(-1, shape[-1])[draw(st.integers(0, x.numel() // shape[-1] - 1))] = draw(
+            st.sampled_from(palette)
+        )
+    return x.to(dtype)
+
+
+@SCREEN
+@given(data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_check_logits_agrees_with_the_detailed_passes(data, dtype):
+    from discograd._validation import check_logits
+    from discograd.kernels import _validate_logits
+
+    shape, dim = data.draw(_shape_and_dim())
+    # Huge finite values overflow the screening sum (float32 for the half types, float64 for
+    # float64) to +-inf without any bad entry.
+    big = 1.7e308 if dtype == torch.float64 else 3e38
+    palette = [math.nan, math.inf, -math.inf, big, -big, -math.inf, -big]
+    x = _sprinkle(data.draw, shape, dtype, palette)
+    expected = _verdict(_reference_check_logits, x, dim=dim)
+    assert _verdict(check_logits, x, dim=dim) == expected
+    if dim is not None:  # the kernels' entry point is the same check
+        assert _verdict(_validate_logits, x, dim) == expected
+
+
+def test_check_logits_on_the_screen_edges():
+    from discograd._validation import check_logits
+
+    big = 3e38  # two of them overflow a float32 sum: +inf or -inf with no bad entry
+    for dtype in (torch.float32, torch.bfloat16):
+        check_logits(torch.tensor([[big, big], [0.0, 1.0]], dtype=dtype))
+        check_logits(torch.tensor([[-big, -big], [0.0, 1.0]], dtype=dtype))
+        check_logits(torch.tensor([[-big, -big], [-math.inf, 1.0]], dtype=dtype))
+        check_logits(torch.tensor([[-math.inf, -math.inf]], dtype=dtype), dim=None)
+        for row, message in (
+            ([-big, -big, -math.inf], None),
+            ([-math.inf] * 3, "all categories are masked"),
+            ([math.inf, 0.0, -math.inf], r"contains \+inf"),  # +inf - inf: a NaN sum
+            ([math.inf, math.nan, -math.inf], "contains NaN"),  # NaN is reported first
+            ([big, big, math.inf], r"contains \+inf"),
+        ):
+            x = torch.tensor([[0.0, 1.0, 2.0], row], dtype=dtype)
+            if message is None:
+                check_logits(x)
+            else:
+                with pytest.raises(ValueError, match=message):
+                    check_logits(x)
+    with pytest.raises(ValueError, match="no categories along dim=-1"):
+        check_logits(torch.zeros(3, 0))
+    check_logits(torch.zeros(0, 3))  # no rows: nothing to reject
+    with pytest.raises(IndexError):  # a dim the tensor lacks, whatever its contents
+        check_logits(torch.zeros(2, 3), dim=2)
+
+
+def test_valid_logits_take_one_reduction(monkeypatch):
+    """Valid logits, masked or not, never reach the detailed passes (each a full pass and a
+    device sync); invalid ones do (the negative control: the patch is in effect)."""
+    from discograd._validation import check_logits
+
+    def detailed(*args, **kwargs):
+        raise AssertionError("detailed pass")
+
+    masked = torch.randn(256, 8, 8)
+    masked[..., :7] = -math.inf
+    for name in ("isnan", "isposinf", "isneginf", "isinf"):
+        monkeypatch.setattr(torch, name, detailed)
+    for x in (torch.randn(256, 8, 8), masked, torch.randn(3, 4).to(torch.bfloat16)):
+        check_logits(x)
+        check_logits(x, dim=None)
+    check_logits(torch.randn(256, 8, 8), dim=0)
+    masked[0, 0] = -math.inf
+    with pytest.raises(AssertionError, match="detailed pass"):
+        check_logits(masked)
+
+
+@SCREEN
+@given(data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_check_probs_agrees_with_the_detailed_passes(data, dtype):
+    from discograd._validation import check_probs
+
+    shape, dim = data.draw(_shape_and_dim())
+    dim = -1 if dim is None else dim
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    probs = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), dim)
+    kind = data.draw(st.sampled_from(["valid", "near the tolerance", "sprinkled"]))
+    if kind == "near the tolerance" and probs.numel():
+        # Shift one entry by about atol + rtol (1.1e-4): on either side of allclose's edge.
+        eps = data.draw(st.sampled_from([0.9e-4, 1.05e-4, 1.1e-4, 1.15e-4, 3e-4]))
+        probs.reshape(-1)[0] += data.draw(st.sampled_from([eps, -eps]))
+    elif kind == "sprinkled":
+        probs = _sprinkle(data.draw, shape, torch.float64, [math.nan, math.inf, -0.1, 1.5, 0.0])
+    probs = probs.to(dtype)
+    expected = _verdict(_reference_check_probs, probs, dim=dim)
+    assert _verdict(check_probs, probs, dim=dim) == expected
+
+
+@SCREEN
+@given(
+    values=st.lists(
+        st.sampled_from([0.5, 2.0, 1e-30, 0.0, -1.0, math.nan, math.inf, -math.inf]), max_size=4
+    ),
+    dtype=st.sampled_from((*DTYPES, torch.int64)),
+)
+def test_check_tau_agrees_with_the_detailed_passes(values, dtype):
+    from discograd._validation import check_tau
+
+    tau = torch.tensor(values, dtype=torch.float64)
+    if dtype == torch.int64:
+        tau = tau[torch.isfinite(tau)]
+    tau = tau.to(dtype)
+    assert _verdict(check_tau, tau) == _verdict(_reference_check_tau, tau)

@@ -1,16 +1,30 @@
-"""Options every training command shares: processes, precision, compilation.
+"""What the training commands (vae, sbn, semisup, gan) share: option groups, the estimator and
+its temperature, the checks, and the frame of a run.
 
-A command adopts them in four places::
+Options (each command passes its own defaults)::
 
-    add_training_options(group)                  # add_parser: --nproc, --precision, --compile
-    TrainConfig(..., **training_settings(args))  # run(): precision=, compile=
-    code = launch_if_requested(args)             # run(), once the settings are checked
-    if code is not None:
-        return code
+    add_estimator_options(g, default=..., tau=..., tau_min=..., anneal_rate=...)
+    add_loop_options(g, steps=..., batch_size=..., lr=..., eval_every=...)  # + --nproc ...
+    add_output_options(g, out="runs/NAME")
 
-and, after :func:`discograd.train.fit`, writes its own files (summary, figures) only where
-:func:`discograd.distributed.is_main` holds. Under ``torchrun`` the command needs nothing
-else: :func:`~discograd.train.fit` joins the process group from the environment.
+A run::
+
+    def run(args):
+        def setup():             # everything from the options; errors are usage errors (2)
+            check_device(args.device)
+            ...
+            return experiment, train_config(args)
+
+        def train(built):        # after the --nproc restart, in every process
+            experiment, config = built
+            return train_and_report(experiment, config, args, "NAME", draw=..., result_line=...)
+
+        return run_command("NAME", args, setup, train)
+
+:func:`run_command` restarts the command in N processes with ``--nproc N``
+(:func:`launch_if_requested`) once ``setup`` has checked the options; under ``torchrun``
+:func:`discograd.train.fit` joins the process group from the environment, and only rank 0
+(:func:`discograd.distributed.is_main`) prints and writes files.
 """
 
 from __future__ import annotations
@@ -18,11 +32,199 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
-from typing import Any, Dict, List, Optional
+import json
+import sys
+import time
+from pathlib import Path
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 from discograd.distributed import is_main, launch, under_launcher
 
-__all__ = ["add_training_options", "is_main", "launch_if_requested", "training_settings"]
+__all__ = [
+    "SETUP_ERRORS",
+    "add_estimator_options",
+    "add_loop_options",
+    "add_output_options",
+    "add_preset_option",
+    "add_temperature_options",
+    "add_training_options",
+    "build_estimator",
+    "check_device",
+    "describe_estimator",
+    "int_list",
+    "is_main",
+    "launch_if_requested",
+    "load_dataset",
+    "run_command",
+    "speaker",
+    "temperature",
+    "time_evaluations",
+    "timing",
+    "train_and_report",
+    "train_and_summarize",
+    "train_config",
+    "training_settings",
+]
+
+T = TypeVar("T")
+
+# Errors of a command's setup that are the options' fault: reported in one line, exit status 2.
+SETUP_ERRORS: Tuple[Type[Exception], ...] = (ValueError, ImportError, TypeError, OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Option groups.
+
+
+def add_estimator_options(
+    group: Any, *, default: str, choices: Optional[Sequence[str]] = None, **temperature: Any
+) -> None:
+    """``--estimator`` (any registered name, or one of ``choices``), the temperature options
+    (:func:`add_temperature_options`, given ``temperature``: its defaults) and
+    ``--estimator-option``."""
+    if choices is None:
+        from discograd.estimators import available
+
+        names = available()
+    else:
+        names = list(choices)
+    group.add_argument(
+        "--estimator",
+        default=default,
+        metavar="NAME",
+        choices=None if choices is None else names,
+        help="gradient estimator, one of: " + ", ".join(names),
+    )
+    add_temperature_options(group, **temperature)
+    group.add_argument(
+        "--estimator-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra option passed to the estimator, e.g. n_samples=4 (rloo), baseline=ema "
+        "(reinforce), k=10 (gumbel-rao) (repeatable; values are Python literals or strings)",
+    )
+
+
+def add_preset_option(parser: Any, command: str, *, whose: str = "the paper's") -> None:
+    """``--preset NAME``: named settings of ``command``
+    (:mod:`discograd.experiments.presets`), ``whose`` they are in the help."""
+    from discograd.experiments.presets import PresetAction
+
+    parser.add_argument(
+        "--preset",
+        action=PresetAction,
+        command=command,
+        default=None,
+        help=f"named settings ({whose}); options given on the command line win",
+    )
+
+
+def add_temperature_options(
+    group: Any,
+    *,
+    tau: float,
+    schedule: str = "constant",
+    tau_min: float,
+    anneal_rate: float,
+    every: int = 100,
+    note: str = "",
+) -> None:
+    """``--tau``, ``--tau-schedule``, ``--tau-min``, ``--anneal-rate``, ``--anneal-every``,
+    with the command's defaults; :func:`temperature` reads them back. ``note``: a sentence
+    added to --tau's help."""
+    group.add_argument(
+        "--tau",
+        type=float,
+        default=tau,
+        help="temperature of the estimators that take one (the initial temperature with "
+        "--tau-schedule exp)" + (f"; {note}" if note else ""),
+    )
+    group.add_argument(
+        "--tau-schedule",
+        choices=("constant", "exp"),
+        default=schedule,
+        help="constant, or exp: tau = max(tau_min, tau * exp(-rate * t)), t rounded down to a "
+        "multiple of --anneal-every (Jang et al., 2016; discograd.schedules.ExponentialDecay)",
+    )
+    group.add_argument("--tau-min", type=float, default=tau_min, help="floor of the exp schedule")
+    group.add_argument(
+        "--anneal-rate", type=float, default=anneal_rate, help="rate of the exp schedule"
+    )
+    group.add_argument(
+        "--anneal-every",
+        type=int,
+        default=every,
+        help="steps between temperature updates of the exp schedule",
+    )
+
+
+def add_loop_options(
+    group: Any,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    eval_every: int,
+    ckpt_every: int = 1000,
+    log_every: int = 50,
+    helps: Optional[Mapping[str, str]] = None,
+) -> None:
+    """The training loop's options (those of :class:`discograd.train.TrainConfig`, read back by
+    :func:`train_config`): --steps, --batch-size, --lr, --seed, --eval-every, --ckpt-every,
+    --log-every, --resume, --device, and --nproc, --precision, --compile
+    (:func:`add_training_options`). ``helps``: help texts by option name (``"steps"``, ...)
+    where a command says more than the generic one."""
+    text = {
+        "steps": "optimizer steps",
+        "batch_size": "batch size",
+        "lr": "Adam learning rate",
+        "seed": "seed of every random stream",
+        "eval_every": "evaluate on the validation split every N steps (0: only at the end)",
+        **(helps or {}),
+    }
+    group.add_argument("--steps", type=int, default=steps, help=text["steps"])
+    group.add_argument("--batch-size", type=int, default=batch_size, help=text["batch_size"])
+    group.add_argument("--lr", type=float, default=lr, help=text["lr"])
+    group.add_argument("--seed", type=int, default=0, help=text["seed"])
+    group.add_argument("--eval-every", type=int, default=eval_every, help=text["eval_every"])
+    group.add_argument(
+        "--ckpt-every",
+        type=int,
+        default=ckpt_every,
+        help="write a checkpoint every N steps (0: only at the end)",
+    )
+    group.add_argument(
+        "--log-every",
+        type=int,
+        default=log_every,
+        help="write a training row to metrics.jsonl every N steps",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --out (same settings)",
+    )
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    add_training_options(group)
+
+
+def add_output_options(group: Any, *, out: str, figures: str = "the PNG figures") -> None:
+    """``--out`` (default ``out``), ``--no-plots`` (do not draw ``figures``), ``--quiet``."""
+    group.add_argument("--out", default=out, metavar="DIR", help="output folder")
+    group.add_argument("--no-plots", action="store_true", help=f"do not draw {figures}")
+    group.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
 def add_training_options(group: Any) -> None:
@@ -51,18 +253,17 @@ def add_training_options(group: Any) -> None:
     )
 
 
-def launch_if_requested(args: argparse.Namespace) -> Optional[int]:
-    """With ``--nproc N`` > 1 outside torchrun: run the command in N processes and return the
-    exit status; otherwise None (carry on in this process)."""
-    nproc = getattr(args, "nproc", 1)
-    if nproc <= 1 or under_launcher():
-        return None
-    return launch(args, nproc)
-
-
-def training_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    """The TrainConfig keywords these options set."""
-    return {"precision": args.precision, "compile": bool(args.compile)}
+def int_list(text: str) -> Tuple[int, ...]:
+    """An option's ``W1,W2,...``: positive integers."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _positive_int(text: str) -> int:
@@ -73,6 +274,118 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The options, read back.
+
+
+def check_device(text: str) -> str:
+    """``--device`` checked before any work: a torch device string this machine has.
+
+    Returns it unchanged; ValueError naming --device for a malformed string, a device type
+    without a backend here (cuda without a GPU, ...) or an index past the devices present.
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps): {exc}"
+        ) from None
+    if device.type == "cpu":
+        return text
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise ValueError(
+            f"--device {text!r}: no {device.type} device is available to this torch "
+            f"({torch.__version__}); use --device cpu"
+        )
+    count = getattr(backend, "device_count", None)
+    present = count() if callable(count) else None
+    if device.index is not None and isinstance(present, int) and device.index >= present:
+        raise ValueError(
+            f"--device {text!r}: this machine has {present} {device.type} device(s), numbered "
+            f"from 0"
+        )
+    return text
+
+
+def training_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The TrainConfig keywords --precision and --compile set."""
+    return {"precision": args.precision, "compile": bool(args.compile)}
+
+
+def train_config(args: argparse.Namespace, **extra: Any) -> Any:
+    """The :class:`~discograd.train.TrainConfig` of the training loop's options
+    (``add_loop_options``) and --out, --quiet (ValueError if invalid); ``extra``: the
+    command's own fields."""
+    from discograd.train import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        ckpt_every=args.ckpt_every,
+        log_every=args.log_every,
+        out_dir=args.out,
+        resume=args.resume,
+        quiet=args.quiet,
+        device=args.device,
+        **training_settings(args),
+        **extra,
+    )
+
+
+def temperature(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
+    """The temperature the options describe, and its record for config.json: ``--tau``, or
+    with ``--tau-schedule exp`` the :class:`~discograd.schedules.ExponentialDecay` schedule
+    max(tau_min, tau exp(-rate t)) updated every --anneal-every steps."""
+    from discograd import schedules
+
+    if args.tau_schedule == "exp":
+        schedule = schedules.ExponentialDecay(
+            args.tau, args.anneal_rate, args.tau_min, args.anneal_every
+        )
+        record = {
+            "schedule": "exp",
+            "tau0": args.tau,
+            "rate": args.anneal_rate,
+            "tau_min": args.tau_min,
+            "every": args.anneal_every,
+        }
+        return schedule, record
+    return args.tau, {"schedule": "constant", "tau": args.tau}
+
+
+def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
+    """The estimator named by --estimator with its --estimator-option items, given the
+    temperature of the options (``temperature(args)``) when it takes one and no tau option
+    was given; and the settings that describe it (``estimator_options``, ``tau``)."""
+    from discograd import estimators
+
+    options = parse_estimator_options(args.estimator_option)
+    settings: Dict[str, Any] = {"estimator_options": {k: repr(v) for k, v in options.items()}}
+    if "tau" in estimator_parameters(args.estimator) and "tau" not in options:
+        options["tau"], settings["tau"] = temperature(args)
+    return estimators.get(args.estimator, **options), settings
+
+
+def describe_estimator(name: str, settings: Dict[str, Any]) -> str:
+    """One line for the log: the estimator's name, temperature and options."""
+    text = name
+    tau = settings.get("tau")
+    if tau and tau["schedule"] == "constant":
+        text += f" (tau {tau['tau']})"
+    elif tau:
+        text += f" (tau {tau['tau0']} -> {tau['tau_min']}, exp rate {tau['rate']})"
+    if settings["estimator_options"]:
+        text += " " + ", ".join(f"{k}={v}" for k, v in settings["estimator_options"].items())
+    return text
 
 
 def parse_estimator_options(items: List[str]) -> Dict[str, Any]:
@@ -98,3 +411,171 @@ def estimator_parameters(name: str) -> List[str]:
     except ValueError:
         return []
     return list(inspect.signature(cls.__init__).parameters)
+
+
+def load_dataset(name: str) -> Any:
+    """--dataset: 'digits' from the package itself; any other name through
+    ``discograd.data.load``."""
+    from discograd import data as data_module
+
+    if name == "digits":
+        return data_module.load_digits()
+    load = getattr(data_module, "load", None)
+    if load is None:
+        raise ValueError(f"unknown --dataset {name!r}; this version of discograd has: digits")
+    try:
+        return load(name)
+    except (ValueError, ImportError, TypeError, OSError):
+        raise  # the data package's errors name the file already
+    except Exception as exc:  # e.g. zipfile.BadZipFile from a truncated .npz
+        raise ValueError(
+            f"--dataset {name!r} could not be read ({type(exc).__name__}: {exc}); is the file "
+            f"truncated or corrupt?"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The frame of a run.
+
+
+def run_command(
+    command: str,
+    args: argparse.Namespace,
+    setup: Callable[[], T],
+    train: Callable[[T], int],
+    *,
+    errors: Tuple[Type[Exception], ...] = SETUP_ERRORS,
+) -> int:
+    """Run a training command: ``setup()`` builds everything from the options, and one of
+    ``errors`` there is reported as ``discograd COMMAND: error: ...`` with exit status 2
+    (nothing trained, nothing written); with ``--nproc N`` the command then restarts in N
+    processes and returns their status; otherwise ``train(built)`` returns the status, a
+    non-finite loss or an unusable checkpoint ending it with status 1."""
+    from discograd.train import CheckpointError, NonFiniteLossError
+
+    try:
+        built = setup()
+    except errors as exc:
+        print(f"discograd {command}: error: {exc}", file=sys.stderr)
+        return 2
+    # --nproc N: the settings are valid; run them in N processes instead of this one.
+    code = launch_if_requested(args)
+    if code is not None:
+        return code
+    try:
+        return train(built)
+    except (NonFiniteLossError, CheckpointError) as exc:
+        print(f"discograd {command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def launch_if_requested(args: argparse.Namespace) -> Optional[int]:
+    """With ``--nproc N`` > 1 outside torchrun: run the command in N processes and return the
+    exit status; otherwise None (carry on in this process)."""
+    nproc = getattr(args, "nproc", 1)
+    if nproc <= 1 or under_launcher():
+        return None
+    return launch(args, nproc)
+
+
+def speaker(args: argparse.Namespace) -> Callable[[str], None]:
+    """``say(msg)``: print a progress message, unless --quiet or not rank 0 (rank 0 speaks
+    for a multi-process run)."""
+
+    def say(msg: str) -> None:
+        if not args.quiet and is_main():
+            print(msg, flush=True)
+
+    return say
+
+
+class EvalTimer:
+    """Seconds spent in an experiment's ``evaluate`` (:func:`time_evaluations`)."""
+
+    seconds = 0.0
+
+
+def time_evaluations(experiment: Any) -> EvalTimer:
+    """Wrap ``experiment.evaluate`` to add up its wall time (to report training-only rates)."""
+    timer, evaluate = EvalTimer(), experiment.evaluate
+
+    def timed(split: str, generator: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return evaluate(split, generator)
+        finally:
+            timer.seconds += time.perf_counter() - start
+
+    experiment.evaluate = timed
+    return timer
+
+
+def train_and_summarize(
+    experiment: Any, config: Any, say: Callable[[str], None], name: str
+) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """fit() with ``config``; on rank 0, writes summary.json and returns its content with the
+    result (other ranks of a multi-process run: the result and None).
+
+    summary.json: ``seconds`` is the whole run's wall time (a resumed run's includes the time
+    before the interruption); ``train_seconds`` and ``steps_per_second`` leave out the time
+    this process spent in ``experiment.evaluate`` (periodic and final evaluations;
+    checkpoints stay in). Under several processes ``steps_per_second`` counts the steps of
+    the whole run (each step one global batch).
+    """
+    import torch
+
+    from discograd.train import fit
+
+    say(f"output: {Path(config.out_dir).resolve()}")
+    torch_threads = torch.get_num_threads()
+    eval_timer = time_evaluations(experiment)
+    result = fit(experiment, config)
+    if not is_main():
+        return result, None
+    train_seconds = max(result.elapsed - eval_timer.seconds, 1e-9)
+    summary = {
+        "experiment": name,
+        "steps": result.step,
+        "seconds": round(result.elapsed, 2),
+        "train_seconds": round(train_seconds, 2),
+        "steps_per_second": round(result.step / train_seconds, 2),
+        "device": config.device,
+        "torch_threads": torch_threads,
+        "processes": result.world_size,
+        **{split: metrics for split, metrics in result.final.items()},
+    }
+    (Path(config.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result, summary
+
+
+def train_and_report(
+    experiment: Any,
+    config: Any,
+    args: argparse.Namespace,
+    name: str,
+    *,
+    draw: Callable[[], Sequence[Path]],
+    result_line: Callable[[Dict[str, Any]], str],
+    rate: bool = True,
+) -> int:
+    """:func:`train_and_summarize`, then on rank 0 the figures (``draw()``, unless
+    --no-plots) and one line: ``result_line`` of the final test metrics and :func:`timing`
+    (with the training steps per second if ``rate``). Returns the exit status, 0."""
+    say = speaker(args)
+    result, summary = train_and_summarize(experiment, config, say, name)
+    if summary is None:
+        return 0  # not rank 0: rank 0 writes the files and prints the result
+    if not args.no_plots:
+        figures = draw()
+        if figures:
+            say("figures: " + ", ".join(str(f) for f in figures))
+    line = result_line(result.final.get("test", {}))
+    print(f"{line}  {timing(result, summary if rate else None)}", flush=True)
+    return 0
+
+
+def timing(result: Any, summary: Optional[Dict[str, Any]] = None) -> str:
+    """The end of a run's result line: ``[steps, seconds]``, and the training steps per second
+    of ``summary`` when given."""
+    rate = f", {summary['steps_per_second']} steps/s" if summary else ""
+    return f"[{result.step} steps, {result.elapsed:.1f} s{rate}]"

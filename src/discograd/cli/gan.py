@@ -15,21 +15,20 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from discograd.cli._common import (
-    add_training_options,
-    estimator_parameters,
+    add_estimator_options,
+    add_loop_options,
+    add_output_options,
+    build_estimator,
+    check_device,
+    describe_estimator,
     is_main,
-    launch_if_requested,
-    parse_estimator_options,
-    training_settings,
+    run_command,
+    speaker,
+    train_config,
 )
 
-DEFAULTS = {
-    "estimator": "gumbel-softmax",
-    "steps": 2000,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "d_lr": 1e-3,
-}
+LOOP = {"steps": 2000, "batch_size": 64, "lr": 1e-3, "eval_every": 250}
+DEFAULTS = {"estimator": "gumbel-softmax", "d_lr": 1e-3, **LOOP}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,42 +89,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--data-seed", type=int, default=0, help="seed of the data (and of the Markov oracle)"
     )
     g = p.add_argument_group("estimator")
-    g.add_argument(
-        "--estimator",
+    add_estimator_options(
+        g,
         default=DEFAULTS["estimator"],
-        metavar="NAME",
         choices=PATHWISE + SCORE_FUNCTION,
-        help="gradient estimator, one of: " + ", ".join(PATHWISE + SCORE_FUNCTION),
-    )
-    g.add_argument(
-        "--tau",
-        type=float,
-        default=0.5,
-        help="temperature of the estimators that take one (initial value with the exp "
-        "schedule); reinmax's paper recommends tau >= 1 with --tau-schedule constant",
-    )
-    g.add_argument(
-        "--tau-schedule",
-        choices=("constant", "exp"),
-        default="exp",
-        help="exp: tau = max(tau_min, tau * exp(-rate * t)), t rounded down to a "
-        "multiple of --anneal-every (discograd.schedules.ExponentialDecay)",
-    )
-    g.add_argument("--tau-min", type=float, default=0.1, help="floor of the exp schedule")
-    g.add_argument("--anneal-rate", type=float, default=3e-3, help="rate of the exp schedule")
-    g.add_argument(
-        "--anneal-every",
-        type=int,
-        default=100,
-        help="steps between temperature updates of the exp schedule",
-    )
-    g.add_argument(
-        "--estimator-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra option for the estimator, e.g. n_samples=4 (rloo), "
-        "baseline=ema (reinforce), k=10 (gumbel-rao); repeatable",
+        tau=0.5,
+        schedule="exp",
+        tau_min=0.1,
+        anneal_rate=3e-3,
+        note="reinmax's paper recommends tau >= 1 with --tau-schedule constant",
     )
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=int, default=64, help="LSTM units of the generator")
@@ -162,27 +134,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "or nonsaturating = -log D",
     )
     g = p.add_argument_group("training")
-    g.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULTS["steps"],
-        help="generator updates (each preceded by --d-steps discriminator updates)",
+    # With --nproc each process trains on its share of the batch; the discriminator's
+    # gradients are averaged over the processes too (GANExperiment.loss), and with
+    # --precision fp16 its updates get their own loss scaler.
+    add_loop_options(
+        g,
+        **LOOP,
+        helps={
+            "steps": "generator updates (each preceded by --d-steps discriminator updates)",
+            "batch_size": "real and generated sequences per update",
+            "lr": "generator Adam rate",
+            "seed": "seed of the models and training",
+            "eval_every": "evaluate every N steps (0: only at the end)",
+        },
     )
     g.add_argument(
         "--d-steps", type=int, default=2, help="discriminator updates per generator update"
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULTS["batch_size"],
-        help="real and generated sequences per update",
-    )
-    g.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="generator Adam rate")
-    g.add_argument(
-        "--grad-clip",
-        type=float,
-        default=0.0,
-        help="clip the generator's gradient to this global norm (0: no clipping)",
     )
     g.add_argument(
         "--d-lr",
@@ -190,42 +157,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=DEFAULTS["d_lr"],
         help="discriminator Adam rate (betas 0.5, 0.999)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the models and training")
     g.add_argument(
-        "--eval-every", type=int, default=250, help="evaluate every N steps (0: only at the end)"
+        "--grad-clip",
+        type=float,
+        default=0.0,
+        help="clip the generator's gradient to this global norm (0: no clipping)",
     )
     g.add_argument(
         "--eval-samples", type=int, default=1000, help="sequences drawn at each evaluation"
     )
-    g.add_argument(
-        "--ckpt-every",
-        type=int,
-        default=1000,
-        help="write a checkpoint every N steps (0: only at the end)",
-    )
-    g.add_argument(
-        "--log-every",
-        type=int,
-        default=50,
-        help="write a training row to metrics.jsonl every N steps",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the checkpoint in --out (same settings)",
-    )
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    # With --nproc each process trains on its share of the batch; the discriminator's
-    # gradients are averaged over the processes too (GANExperiment.loss), and with
-    # --precision fp16 its updates get their own loss scaler.
-    add_training_options(g)
     g = p.add_argument_group("output")
-    g.add_argument("--out", default="runs/gan", metavar="DIR", help="output folder")
+    add_output_options(g, out="runs/gan", figures="curves.png")
     g.add_argument(
         "--n-show", type=int, default=100, help="generated sequences written to samples.txt"
     )
-    g.add_argument("--no-plots", action="store_true", help="do not draw curves.png")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=run)
     return p
 
@@ -241,13 +186,12 @@ def run(args: argparse.Namespace) -> int:
         plot_curves,
     )
     from discograd.experiments.sequences import make_data
-    from discograd.train import CheckpointError, NonFiniteLossError, TrainConfig, fit, seeded
+    from discograd.train import fit, seeded
 
-    def say(msg: str) -> None:
-        if not args.quiet and is_main():  # rank 0 speaks for a multi-process run
-            print(msg, flush=True)
+    say = speaker(args)
 
-    try:
+    def setup() -> Tuple[Any, Any, Dict[str, Any], Any]:
+        check_device(args.device)
         estimator, settings = build_estimator(args)
         data = make_data(
             args.data,
@@ -281,71 +225,57 @@ def run(args: argparse.Namespace) -> int:
             eval_samples=args.eval_samples,
             settings=settings,
         )
-        config = TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
+        config = train_config(
+            args,
             grad_clip=args.grad_clip,
-            seed=args.seed,
-            eval_every=args.eval_every,
-            ckpt_every=args.ckpt_every,
-            log_every=args.log_every,
-            out_dir=args.out,
-            resume=args.resume,
-            quiet=args.quiet,
             eval_splits=("samples",),
             final_splits=("samples",),
-            device=args.device,
-            **training_settings(args),
         )
-    except (ValueError, TypeError) as exc:
-        print(f"discograd gan: error: {exc}", file=sys.stderr)
-        return 2
-    # --nproc N: the settings are valid; run them in N processes instead of this one.
-    code = launch_if_requested(args)
-    if code is not None:
-        return code
+        return data, experiment, settings, config
 
-    say(
-        f"data: {data.name}: {data.description} ({data.train.shape[0]} train / "
-        f"{data.valid.shape[0]} held out)"
-    )
-    say(f"estimator: {_describe(args, settings)}; discriminator: {args.discriminator}")
-    say(f"output: {Path(args.out).resolve()}")
-    try:
+    def train(built: Tuple[Any, Any, Dict[str, Any], Any]) -> int:
+        data, experiment, settings, config = built
+        say(
+            f"data: {data.name}: {data.description} ({data.train.shape[0]} train / "
+            f"{data.valid.shape[0]} held out)"
+        )
+        say(
+            f"estimator: {describe_estimator(args.estimator, settings)}; discriminator: "
+            f"{args.discriminator}"
+        )
+        say(f"output: {Path(args.out).resolve()}")
         result = fit(experiment, config)
-    except (NonFiniteLossError, CheckpointError) as exc:
-        print(f"discograd gan: {exc}", file=sys.stderr)
-        return 1
-    if not is_main():
-        return 0  # rank 0 writes the files and prints the result
+        if not is_main():
+            return 0  # rank 0 writes the files and prints the result
 
-    out = Path(args.out)
-    final = result.final["samples"]
-    tokens = experiment.samples(max(args.n_show, 1), seed=args.seed)
-    write_samples(out / "samples.txt", data, tokens[: args.n_show], final, args)
-    summary = {
-        "steps": result.step,
-        "seconds": round(result.elapsed, 2),
-        "torch_threads": torch.get_num_threads(),
-        "processes": result.world_size,
-        "final": final,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if not args.no_plots:
-        from discograd.plotting import PlottingUnavailable, read_jsonl
+        out = Path(args.out)
+        final = result.final["samples"]
+        tokens = experiment.samples(max(args.n_show, 1), seed=args.seed)
+        write_samples(out / "samples.txt", data, tokens[: args.n_show], final, args)
+        summary = {
+            "steps": result.step,
+            "seconds": round(result.elapsed, 2),
+            "torch_threads": torch.get_num_threads(),
+            "processes": result.world_size,
+            "final": final,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if not args.no_plots:
+            from discograd.plotting import PlottingUnavailable, read_jsonl
 
-        try:
-            path = plot_curves(
-                read_jsonl(out / "metrics.jsonl"),
-                out / "curves.png",
-                title=f"sequence GAN on {data.name}, {args.estimator}",
-            )
-            say(f"figure: {path}")
-        except PlottingUnavailable as exc:
-            print(f"discograd gan: no figure: {exc}", file=sys.stderr)
-    print(summary_line(final, result.step, result.elapsed), flush=True)
-    return 0
+            try:
+                path = plot_curves(
+                    read_jsonl(out / "metrics.jsonl"),
+                    out / "curves.png",
+                    title=f"sequence GAN on {data.name}, {args.estimator}",
+                )
+                say(f"figure: {path}")
+            except PlottingUnavailable as exc:
+                print(f"discograd gan: no figure: {exc}", file=sys.stderr)
+        print(summary_line(final, result.step, result.elapsed), flush=True)
+        return 0
+
+    return run_command("gan", args, setup, train, errors=(ValueError, TypeError))
 
 
 def summary_line(final: Dict[str, Any], steps: int, seconds: float) -> str:
@@ -397,39 +327,3 @@ def write_samples(
         lines.append("# each line: oracle NLL (nats/token), then the tokens")
         lines += [f"{v:6.3f}  {t}" for v, t in zip(nll, texts)]
     path.write_text("\n".join(lines) + "\n")
-
-
-def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
-    """The estimator, given the temperature schedule when it takes a temperature."""
-    from discograd import estimators, schedules
-
-    options = parse_estimator_options(args.estimator_option)
-    settings: Dict[str, Any] = {"estimator_options": {k: repr(v) for k, v in options.items()}}
-    if "tau" in estimator_parameters(args.estimator) and "tau" not in options:
-        if args.tau_schedule == "exp":
-            options["tau"] = schedules.ExponentialDecay(
-                args.tau, args.anneal_rate, args.tau_min, args.anneal_every
-            )
-            settings["tau"] = {
-                "schedule": "exp",
-                "tau0": args.tau,
-                "rate": args.anneal_rate,
-                "tau_min": args.tau_min,
-                "every": args.anneal_every,
-            }
-        else:
-            options["tau"] = args.tau
-            settings["tau"] = {"schedule": "constant", "tau": args.tau}
-    return estimators.get(args.estimator, **options), settings
-
-
-def _describe(args: argparse.Namespace, settings: Dict[str, Any]) -> str:
-    text = args.estimator
-    tau = settings.get("tau")
-    if tau and tau["schedule"] == "constant":
-        text += f" (tau {tau['tau']})"
-    elif tau:
-        text += f" (tau {tau['tau0']} -> {tau['tau_min']}, exp rate {tau['rate']})"
-    if settings["estimator_options"]:
-        text += " " + ", ".join(f"{k}={v}" for k, v in settings["estimator_options"].items())
-    return text

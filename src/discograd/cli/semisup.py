@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import argparse
 
-from discograd.cli.sbn import add_estimator_arguments, add_output_arguments, add_training_arguments
+from discograd.cli._common import (
+    add_estimator_options,
+    add_loop_options,
+    add_output_options,
+    add_preset_option,
+    int_list,
+)
+from discograd.cli.sbn import LOOP, TEMPERATURE
 
-DEFAULTS = {
-    "estimator": "gumbel-softmax",
-    "steps": 2000,
-    "batch_size": 100,
-    "lr": 1e-3,
-    "eval_every": 500,
-    "ckpt_every": 1000,
-    "log_every": 50,
-}
+DEFAULTS = {"estimator": "gumbel-softmax"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from discograd.cli.vae import _int_list
-    from discograd.experiments.presets import PresetAction
-
     p = subparsers.add_parser(
         "semisup",
         help="semi-supervised classification with M2: marginalize the class or sample it",
@@ -42,13 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--preset",
-        action=PresetAction,
-        command="semisup",
-        default=None,
-        help="named settings (the paper's); options given on the command line win",
-    )
+    add_preset_option(p, "semisup")
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
@@ -67,11 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument(
         "--label-seed", type=int, default=0, help="seed of the labeled subset and the buckets"
     )
-    add_estimator_arguments(p, DEFAULTS["estimator"])
+    g = p.add_argument_group("estimator")
+    add_estimator_options(g, default=DEFAULTS["estimator"], **TEMPERATURE)
     g = p.add_argument_group("model")
     g.add_argument(
         "--hidden",
-        type=_int_list,
+        type=int_list,
         default=(256,),
         metavar="W1,W2,...",
         help="hidden widths of the classifier and encoder (the decoder mirrors them)",
@@ -84,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="weight of the classification loss -log q(y|x) on labeled images (per example, "
         "batch means)",
     )
-    add_training_arguments(p, DEFAULTS)
+    add_loop_options(p.add_argument_group("training"), **LOOP)
     g = p.add_argument_group("speed test (--speed)")
     g.add_argument(
         "--speed",
@@ -95,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--speed-classes",
-        type=_int_list,
+        type=int_list,
         default=(10, 100),
         metavar="K1,K2,...",
         help="numbers of classes to time",
@@ -108,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     g.add_argument("--speed-steps", type=int, default=20, help="steps per round")
     g.add_argument("--speed-rounds", type=int, default=3, help="interleaved rounds")
-    add_output_arguments(p, "runs/semisup")
+    add_output_options(p.add_argument_group("output"), out="runs/semisup")
     p.set_defaults(func=run)
     return p
 

@@ -14,7 +14,9 @@ The sampled modes draw each pixel independently, x_bin ~ Bernoulli(x), so E[x_bi
 
 For dynamic binarization a trainer either calls ``binarize(x, "dynamic", generator=g)``
 with its own seeded generator, or holds a :class:`DynamicBinarizer` and calls
-:meth:`DynamicBinarizer.next_epoch` once per epoch.
+:meth:`DynamicBinarizer.next_epoch` once per epoch. Experiments evaluate on static draws
+(:class:`StaticSplits`), so that runs with different training seeds and estimators are
+compared on the same binary images.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 BINARIZATION_MODES = ("static", "dynamic", "threshold")
+SPLITS = ("train", "valid", "test")
 
 _RULES = {
     "static": ("x_bin ~ Bernoulli(x), drawn once with a fixed seed", "never"),
@@ -71,6 +74,26 @@ def binarize(
     if mode == "static" and generator is None:
         generator = torch.Generator(device=x.device).manual_seed(int(seed))
     return torch.bernoulli(x, generator=generator)
+
+
+class StaticSplits:
+    """Mixin of the experiments over a :class:`~discograd.data.Splits`: :meth:`binarized`.
+
+    The class sets ``self.data`` (the splits, intensities in [0, 1]) and
+    ``self.binarize_seed``.
+    """
+
+    data: Any
+    binarize_seed: int
+
+    def binarized(self, split: str) -> Tensor:
+        """The split's images binarized once with ``binarize_seed`` (static; cached)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+        cache: Dict[str, Tensor] = self.__dict__.setdefault("_binarized", {})
+        if split not in cache:
+            cache[split] = binarize(getattr(self.data, split), "static", seed=self.binarize_seed)
+        return cache[split]
 
 
 class DynamicBinarizer:

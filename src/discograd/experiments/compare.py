@@ -244,18 +244,14 @@ def format_table(record: Dict[str, Any]) -> str:
             values = [s["test"][key] for s in summaries if key in s.get("test", {})]
             cells.append(_format_stat(_stats(values), key) if values else "")
         walls = [s["seconds"] for s in summaries]
-        rates = [s.get("steps_per_second", s["steps"] / max(s["seconds"], 1e-9)) for s in summaries]
+        rates = [s["steps_per_second"] for s in summaries]  # training only, every command
         cells += [f"{statistics.fmean(walls):.1f}", f"{statistics.fmean(rates):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = record["seeds"]
     note = (
         f"\n{record['experiment']}: mean ± std over seeds {seeds[0]}..{seeds[-1]} "
         f"(std 0 with one seed); bold: best mean test {metric}; wall s: the whole run; "
-        + (
-            "steps/s: steps over the whole run's wall time (evaluations included)"
-            if record["experiment"] == "vae"
-            else "steps/s: training steps per second, evaluation time excluded"
-        )
+        "steps/s: training steps per second, evaluation time excluded"
     )
     return "\n".join(lines) + note
 

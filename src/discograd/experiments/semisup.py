@@ -133,66 +133,64 @@ def build_experiment(
 
 def run(args: argparse.Namespace) -> int:
     """The ``discograd semisup`` command (options in :mod:`discograd.cli.semisup`)."""
-    from discograd.cli._common import is_main, launch_if_requested
-    from discograd.cli.vae import load_dataset
-    from discograd.experiments.sbn import train_and_summarize, train_config
-    from discograd.train import CheckpointError, NonFiniteLossError
+    from discograd.cli._common import (
+        check_device,
+        load_dataset,
+        run_command,
+        speaker,
+        train_and_report,
+        train_config,
+    )
 
-    def say(msg: str) -> None:
-        if not args.quiet and is_main():  # rank 0 speaks for a multi-process run
-            print(msg, flush=True)
+    say = speaker(args)
+    if args.speed:  # time training steps instead of training; its errors are usage errors too
+        return run_command("semisup", args, lambda: _run_speed(args, say), lambda code: code)
 
-    try:
+    def setup() -> Tuple[Any, ShardedM2Experiment, Any]:
+        check_device(args.device)
         data = load_dataset(args.dataset)
-        if args.speed:
-            _check_speed_options(args)
-            return _run_speed(args, data, say)
-        experiment = build_experiment(args, data)
-        config = train_config(args)
-    except (ValueError, ImportError, TypeError, OSError) as exc:
-        print(f"discograd semisup: error: {exc}", file=sys.stderr)
-        return 2
-    # --nproc N: the settings are valid; run them in N processes instead of this one.
-    code = launch_if_requested(args)
-    if code is not None:
-        return code
-    say(
-        f"data: {data.name}: {data.description}; {experiment.n_labeled} labeled / "
-        f"{experiment.x_unlabeled.shape[0]} unlabeled training images, {args.n_classes} classes"
-    )
-    say(
-        f"model: M2, hidden {list(args.hidden)}, z {args.z_dim}; y on unlabeled data: "
-        f"{args.estimator}{' (marginalization)' if args.estimator == 'exact' else ''}"
-    )
-    try:
-        result, summary = train_and_summarize(experiment, config, say, "semisup")
-    except (NonFiniteLossError, CheckpointError) as exc:
-        print(f"discograd semisup: {exc}", file=sys.stderr)
-        return 1
-    if summary is None:
-        return 0  # not rank 0: rank 0 writes the files and prints the result
-    if not args.no_plots:
-        from discograd.plotting import PlottingUnavailable, read_jsonl, training_curve
+        return data, build_experiment(args, data), train_config(args)
 
-        try:
-            out = Path(args.out)
-            path = training_curve(
-                read_jsonl(out / "metrics.jsonl"),
-                out / "training_curve.png",
-                eval_key="neg_elbo",
-                title=f"M2 on {data.name}, {args.n_classes} classes, {args.estimator}",
-            )
-            say(f"figures: {path}")
-        except PlottingUnavailable as exc:
-            print(f"discograd semisup: no figures: {exc}", file=sys.stderr)
-    test = result.final.get("test", {})
-    print(
-        f"test accuracy: {100 * test.get('accuracy', float('nan')):.1f}%; negative ELBO (y "
-        f"marginalized): {test.get('neg_elbo', float('nan')):.3f} nats  [{result.step} steps, "
-        f"{result.elapsed:.1f} s, {summary['steps_per_second']} steps/s]",
-        flush=True,
-    )
-    return 0
+    def train(built: Tuple[Any, ShardedM2Experiment, Any]) -> int:
+        data, experiment, config = built
+        say(
+            f"data: {data.name}: {data.description}; {experiment.n_labeled} labeled / "
+            f"{experiment.x_unlabeled.shape[0]} unlabeled training images, {args.n_classes} "
+            f"classes"
+        )
+        say(
+            f"model: M2, hidden {list(args.hidden)}, z {args.z_dim}; y on unlabeled data: "
+            f"{args.estimator}{' (marginalization)' if args.estimator == 'exact' else ''}"
+        )
+        return train_and_report(
+            experiment,
+            config,
+            args,
+            "semisup",
+            draw=lambda: _draw_curve(data, Path(args.out), args),
+            result_line=lambda test: (
+                f"test accuracy: {100 * test.get('accuracy', float('nan')):.1f}%; negative "
+                f"ELBO (y marginalized): {test.get('neg_elbo', float('nan')):.3f} nats"
+            ),
+        )
+
+    return run_command("semisup", args, setup, train)
+
+
+def _draw_curve(data: Any, out: Path, args: argparse.Namespace) -> List[Path]:
+    from discograd.plotting import PlottingUnavailable, read_jsonl, training_curve
+
+    try:
+        path = training_curve(
+            read_jsonl(out / "metrics.jsonl"),
+            out / "training_curve.png",
+            eval_key="neg_elbo",
+            title=f"M2 on {data.name}, {args.n_classes} classes, {args.estimator}",
+        )
+    except PlottingUnavailable as exc:
+        print(f"discograd semisup: no figures: {exc}", file=sys.stderr)
+        return []
+    return [path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +302,12 @@ def _check_speed_options(args: argparse.Namespace) -> None:
         raise ValueError("--speed times fp32 eager steps; drop --precision and --compile")
 
 
-def _run_speed(args: argparse.Namespace, data: Any, say) -> int:
+def _run_speed(args: argparse.Namespace, say) -> int:
+    from discograd.cli._common import check_device, load_dataset
+
+    check_device(args.device)
+    data = load_dataset(args.dataset)
+    _check_speed_options(args)
     classes = [int(c) for c in args.speed_classes]
     names = [n.strip() for n in args.speed_estimators.split(",") if n.strip()]
     say(

@@ -22,8 +22,9 @@ interpreter, which is how the tests check these kernels on machines without a GP
 
 # Triton's language functions are typed for Python, not for the DSL: pyright sees `tl.log(x)`
 # as returning None and `tl.max` as returning a tuple, so operators on their results inside
-# @triton.jit bodies are reported wrongly. Those two checks are off for this file only.
-# pyright: reportOperatorIssue=false, reportAttributeAccessIssue=false
+# @triton.jit bodies are reported wrongly, and a plain bool passed to a `tl.constexpr`
+# parameter is reported as the wrong type. Those three checks are off for this file only.
+# pyright: reportOperatorIssue=false, reportAttributeAccessIssue=false, reportArgumentType=false
 
 from __future__ import annotations
 
@@ -67,14 +68,8 @@ if triton is not None:
     _log = _log_interpreted if interpreter() else _log_device
 
     @triton.jit
-    def _gumbel(row, cols, K, seed):
-        """Gumbel noise of (row, cols), as in the C++ kernel (float32 words)."""
-        f = row * K + cols.to(tl.int64)
-        rem = f % 64
-        word = rem // 16
-        ctr = (f // 64) * 16 + rem % 16
-        r0, r1, r2, r3 = tl.randint4x(seed, ctr)
-        w = tl.where(word == 0, r0, tl.where(word == 1, r1, tl.where(word == 2, r2, r3)))
+    def _gumbel_word(w):
+        """Gumbel noise from a 32-bit Philox word, as in the C++ kernel (float32 words)."""
         j = (w >> 8).to(tl.int32)
         low = j < 8388608  # u < 1/2
         v = tl.where(low, 2 * j + 1, 33554432 - 2 * j - 1)  # odd, < 2^24: exact in float32
@@ -85,6 +80,27 @@ if triton is not None:
         e = tl.where(low, -lg, -(lg + err * (2.0 - w1)))
         return -_log(e)
 
+    # The counter layout of the C++ kernel: chunk c of 64 flat elements f = 64 c + 16 w + l
+    # takes word w of counter 16 c + l. A tile of CHUNKS chunks therefore calls Philox once
+    # per counter and uses all four words, each for its own set of columns.
+    @triton.jit
+    def _tile(seed, base, c0, CHUNKS: tl.constexpr):
+        """Counters of chunks [c0, c0 + CHUNKS) of a row starting at flat index base: the
+        four words and the row-relative column of each word's element (int64)."""
+        i = tl.arange(0, CHUNKS * 16)
+        c = c0 + (i // 16).to(tl.int64)
+        lane = (i % 16).to(tl.int64)
+        r0, r1, r2, r3 = tl.randint4x(seed, c * 16 + lane)
+        col0 = c * 64 + lane - base
+        return r0, r1, r2, r3, col0
+
+    @triton.jit
+    def _chunk_range(base, K):
+        """First chunk touching the row, and how many chunks it spans."""
+        first = base // 64
+        last = (base + K - 1) // 64
+        return first, last - first + 1
+
     @triton.jit
     def _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS: tl.constexpr):
         if HAS_TAU_ROWS:
@@ -94,33 +110,78 @@ if triton is not None:
         return 1.0 / t
 
     @triton.jit
-    def _stats(x_ptr, row, K, seed, inv_tau, BLOCK: tl.constexpr):
+    def _update(
+        x_ptr, z_ptr, base, K, r, col, inv_tau, m, s, best, best_idx, STORE_Z: tl.constexpr
+    ):
+        """Online max / rescaled sum / first arg max over one word's columns; with STORE_Z,
+        z = x + G is also written to z_ptr (the float32 output), so the second pass need not
+        draw the noise again."""
+        mask = (col >= 0) & (col < K)
+        x = tl.load(x_ptr + base + col, mask=mask, other=float("-inf")).to(tl.float32)
+        z = tl.where(mask, x + _gumbel_word(r), float("-inf"))
+        if STORE_Z:
+            tl.store(z_ptr + base + col, z, mask=mask)
+        better = z > best  # strict: each lane keeps its first maximum (its columns increase)
+        best_idx = tl.where(better, col, best_idx)
+        best = tl.where(better, z, best)
+        m_new = tl.maximum(m, z)
+        finite = m_new > float("-inf")
+        scale = tl.where(finite, tl.exp((m - m_new) * inv_tau), 0.0)
+        p = tl.where(z > float("-inf"), tl.exp((z - m_new) * inv_tau), 0.0)
+        return m_new, s * scale + p, best, best_idx
+
+    @triton.jit
+    def _stats(x_ptr, z_ptr, row, K, seed, inv_tau, CHUNKS: tl.constexpr, STORE_Z: tl.constexpr):
         """Max, softmax normalizer and first arg max of z = x + G over a row."""
         base = row * K
-        lane = tl.arange(0, BLOCK)
-        m = tl.full((BLOCK,), float("-inf"), tl.float32)
-        s = tl.zeros((BLOCK,), tl.float32)
-        best = tl.full((BLOCK,), float("-inf"), tl.float32)
-        best_idx = tl.zeros((BLOCK,), tl.int32)
-        for start in range(0, K, BLOCK):
-            cols = start + lane
-            mask = cols < K
-            x = tl.load(x_ptr + base + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            z = tl.where(mask, x + _gumbel(row, cols, K, seed), float("-inf"))
-            better = z > best  # strict: each lane keeps its first maximum
-            best_idx = tl.where(better, cols, best_idx)
-            best = tl.where(better, z, best)
-            m_new = tl.maximum(m, z)
-            finite = m_new > float("-inf")
-            scale = tl.where(finite, tl.exp((m - m_new) * inv_tau), 0.0)
-            p = tl.where(z > float("-inf"), tl.exp((z - m_new) * inv_tau), 0.0)
-            s = s * scale + p
-            m = m_new
+        m = tl.full((CHUNKS * 16,), float("-inf"), tl.float32)
+        s = tl.zeros((CHUNKS * 16,), tl.float32)
+        best = tl.full((CHUNKS * 16,), float("-inf"), tl.float32)
+        best_idx = tl.zeros((CHUNKS * 16,), tl.int64)
+        first, count = _chunk_range(base, K)
+        for t in range(0, count, CHUNKS):
+            r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
+            m, s, best, best_idx = _update(
+                x_ptr, z_ptr, base, K, r0, col, inv_tau, m, s, best, best_idx, STORE_Z
+            )
+            m, s, best, best_idx = _update(
+                x_ptr, z_ptr, base, K, r1, col + 16, inv_tau, m, s, best, best_idx, STORE_Z
+            )
+            m, s, best, best_idx = _update(
+                x_ptr, z_ptr, base, K, r2, col + 32, inv_tau, m, s, best, best_idx, STORE_Z
+            )
+            m, s, best, best_idx = _update(
+                x_ptr, z_ptr, base, K, r3, col + 48, inv_tau, m, s, best, best_idx, STORE_Z
+            )
         row_max = tl.max(m, 0)
         total = tl.sum(tl.where(m > float("-inf"), s * tl.exp((m - row_max) * inv_tau), 0.0), 0)
         top = tl.max(best, 0)
-        index = tl.min(tl.where(best == top, best_idx, 2147483647), 0)
+        index = tl.min(tl.where(best == top, best_idx, 9223372036854775807), 0)
         return row_max, total, index
+
+    @triton.jit
+    def _write(
+        x_ptr,
+        y_ptr,
+        hard_ptr,
+        base,
+        K,
+        r,
+        col,
+        row_max,
+        inv_tau,
+        inv_total,
+        index,
+        HARD: tl.constexpr,
+    ):
+        mask = (col >= 0) & (col < K)
+        x = tl.load(x_ptr + base + col, mask=mask, other=float("-inf")).to(tl.float32)
+        z = x + _gumbel_word(r)
+        y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
+        tl.store(y_ptr + base + col, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if HARD:
+            one_hot = tl.where(col == index, 1.0, 0.0)
+            tl.store(hard_ptr + base + col, one_hot.to(hard_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _forward_kernel(
@@ -133,40 +194,117 @@ if triton is not None:
         K,
         HAS_TAU_ROWS: tl.constexpr,
         HARD: tl.constexpr,
-        BLOCK: tl.constexpr,
+        CHUNKS: tl.constexpr,
+        STORE_Z: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
         inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
-        row_max, total, index = _stats(x_ptr, row, K, seed, inv_tau, BLOCK)
+        row_max, total, index = _stats(x_ptr, y_ptr, row, K, seed, inv_tau, CHUNKS, STORE_Z)
         inv_total = 1.0 / total
         base = row * K
-        for start in range(0, K, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = cols < K
-            x = tl.load(x_ptr + base + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            z = x + _gumbel(row, cols, K, seed)
-            y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
-            tl.store(y_ptr + base + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-            if HARD:
-                one_hot = tl.where(cols == index, 1.0, 0.0)
-                tl.store(hard_ptr + base + cols, one_hot.to(hard_ptr.dtype.element_ty), mask=mask)
+        if STORE_Z:
+            # y holds z = x + G (float32): one more pass over it, no noise drawn again. Other
+            # threads of this program wrote those entries: the barrier makes them visible.
+            tl.debug_barrier()
+            for start in range(0, K, CHUNKS * 64):
+                col = start + tl.arange(0, CHUNKS * 64)
+                mask = col < K
+                z = tl.load(y_ptr + base + col, mask=mask, other=float("-inf"))
+                y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
+                tl.store(y_ptr + base + col, y, mask=mask)
+                if HARD:
+                    one_hot = tl.where(col == index, 1.0, 0.0)
+                    tl.store(
+                        hard_ptr + base + col, one_hot.to(hard_ptr.dtype.element_ty), mask=mask
+                    )
+        else:
+            # 16-bit outputs cannot hold z exactly: draw the noise again (same counters).
+            first, count = _chunk_range(base, K)
+            for t in range(0, count, CHUNKS):
+                r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
+                _write(
+                    x_ptr,
+                    y_ptr,
+                    hard_ptr,
+                    base,
+                    K,
+                    r0,
+                    col,
+                    row_max,
+                    inv_tau,
+                    inv_total,
+                    index,
+                    HARD,
+                )
+                _write(
+                    x_ptr,
+                    y_ptr,
+                    hard_ptr,
+                    base,
+                    K,
+                    r1,
+                    col + 16,
+                    row_max,
+                    inv_tau,
+                    inv_total,
+                    index,
+                    HARD,
+                )
+                _write(
+                    x_ptr,
+                    y_ptr,
+                    hard_ptr,
+                    base,
+                    K,
+                    r2,
+                    col + 32,
+                    row_max,
+                    inv_tau,
+                    inv_total,
+                    index,
+                    HARD,
+                )
+                _write(
+                    x_ptr,
+                    y_ptr,
+                    hard_ptr,
+                    base,
+                    K,
+                    r3,
+                    col + 48,
+                    row_max,
+                    inv_tau,
+                    inv_total,
+                    index,
+                    HARD,
+                )
 
     @triton.jit
-    def _argmax_kernel(x_ptr, index_ptr, seed_ptr, K, BLOCK: tl.constexpr):
+    def _argmax_kernel(x_ptr, index_ptr, seed_ptr, K, CHUNKS: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
-        _, _, index = _stats(x_ptr, row, K, seed, 1.0, BLOCK)
+        _, _, index = _stats(x_ptr, x_ptr, row, K, seed, 1.0, CHUNKS, False)
         tl.store(index_ptr + row, index.to(tl.int64))
 
     @triton.jit
-    def _noise_kernel(out_ptr, seed_ptr, K, BLOCK: tl.constexpr):
+    def _store_noise(out_ptr, base, K, r, col):
+        mask = (col >= 0) & (col < K)
+        g = _gumbel_word(r)
+        tl.store(out_ptr + base + col, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _noise_kernel(out_ptr, seed_ptr, K, CHUNKS: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
-        for start in range(0, K, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            g = _gumbel(row, cols, K, seed)
-            tl.store(out_ptr + row * K + cols, g.to(out_ptr.dtype.element_ty), mask=cols < K)
+        base = row * K
+        first, count = _chunk_range(base, K)
+        for t in range(0, count, CHUNKS):
+            r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
+            _store_noise(out_ptr, base, K, r0, col)
+            _store_noise(out_ptr, base, K, r1, col + 16)
+            _store_noise(out_ptr, base, K, r2, col + 32)
+            _store_noise(out_ptr, base, K, r3, col + 48)
 
     @triton.jit
     def _backward_kernel(
@@ -180,38 +318,60 @@ if triton is not None:
         HAS_TAU_ROWS: tl.constexpr,
         TAU_GRAD: tl.constexpr,
         BLOCK: tl.constexpr,
+        SINGLE: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
         base = row * K
         lane = tl.arange(0, BLOCK)
         acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, K, BLOCK):
-            mask = start + lane < K
-            g = tl.load(g_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
-            y = tl.load(y_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
-            acc += g * y
-        dot = tl.sum(acc, 0)
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, K, BLOCK):
-            mask = start + lane < K
-            g = tl.load(g_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
-            y = tl.load(y_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
-            grad_s = y * (g - dot)
-            gx = grad_s * inv_tau
-            tl.store(gx_ptr + base + start + lane, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        if SINGLE:
+            # The whole row fits one block: read g and y once (half the traffic).
+            mask = lane < K
+            g = tl.load(g_ptr + base + lane, mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + base + lane, mask=mask, other=0.0).to(tl.float32)
+            grad_s = y * (g - tl.sum(g * y, 0))
+            tl.store(
+                gx_ptr + base + lane, (grad_s * inv_tau).to(gx_ptr.dtype.element_ty), mask=mask
+            )
             if TAU_GRAD:
                 positive = y > 0.0
-                log_y = _log(tl.where(positive, y, 1.0))
-                acc += tl.where(positive, grad_s * log_y, 0.0)
+                acc += tl.where(positive, grad_s * _log(tl.where(positive, y, 1.0)), 0.0)
+        else:
+            for start in range(0, K, BLOCK):
+                mask = start + lane < K
+                g = tl.load(g_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+                y = tl.load(y_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+                acc += g * y
+            dot = tl.sum(acc, 0)
+            acc = tl.zeros((BLOCK,), tl.float32)
+            for start in range(0, K, BLOCK):
+                mask = start + lane < K
+                g = tl.load(g_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+                y = tl.load(y_ptr + base + start + lane, mask=mask, other=0.0).to(tl.float32)
+                grad_s = y * (g - dot)
+                gx = grad_s * inv_tau
+                tl.store(gx_ptr + base + start + lane, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+                if TAU_GRAD:
+                    positive = y > 0.0
+                    log_y = _log(tl.where(positive, y, 1.0))
+                    acc += tl.where(positive, grad_s * log_y, 0.0)
         if TAU_GRAD:
             tl.store(gt_ptr + row, -inv_tau * tl.sum(acc, 0))
 
 
 def _block(cols: int) -> int:
-    """Columns per step: the whole row up to 4096, then loops (long rows)."""
-    limit = 128 if interpreter() else 4096
+    """Backward: columns per step, the whole row up to 32768 (one pass), then loops."""
+    limit = 128 if interpreter() else 32768
     return max(16, min(1 << (max(cols, 1) - 1).bit_length(), limit))
+
+
+def _chunks(cols: int) -> int:
+    """Forward, noise, arg max: 64-column chunks per tile (a row spans cols / 64 + 2 at most),
+    a power of 2 up to 64 (4096 columns a tile) or 2 in the interpreter."""
+    limit = 2 if interpreter() else 64
+    need = (max(cols, 1) + 63) // 64 + 1
+    return min(1 << (need - 1).bit_length(), limit)
 
 
 def _launch(kernel: Any, rows: int) -> Any:
@@ -219,8 +379,9 @@ def _launch(kernel: Any, rows: int) -> Any:
     return kernel[(rows,)]
 
 
-def _warps(block: int) -> int:
-    return 4 if block <= 1024 else 8
+def _warps(elements: int) -> int:
+    # Measured on an H200 (benchmarks/ops_gpu.py): 8 warps for 4096 to 32768 columns.
+    return 4 if elements <= 1024 else 8
 
 
 def _check(x: Tensor) -> None:
@@ -240,7 +401,7 @@ def forward(
     y = torch.empty_like(x)
     one_hot = torch.empty_like(x) if hard else None
     if x.numel() > 0:
-        block = _block(cols)
+        chunks = _chunks(cols)
         _launch(_forward_kernel, rows)(
             x,
             y,
@@ -251,8 +412,9 @@ def forward(
             cols,
             HAS_TAU_ROWS=tau_rows is not None,
             HARD=hard,
-            BLOCK=block,
-            num_warps=_warps(block),
+            CHUNKS=chunks,
+            STORE_Z=y.dtype == torch.float32,
+            num_warps=_warps(64 * chunks),
         )
     return one_hot, y
 
@@ -278,6 +440,7 @@ def backward(
             HAS_TAU_ROWS=tau_rows is not None,
             TAU_GRAD=tau_grad,
             BLOCK=block,
+            SINGLE=cols <= block,
             num_warps=_warps(block),
         )
     return gx, gt
@@ -288,8 +451,10 @@ def argmax(x: Tensor, seed: Tensor) -> Tensor:
     rows, cols = x.shape
     index = torch.empty((rows,), dtype=torch.int64, device=x.device)
     if x.numel() > 0:
-        block = _block(cols)
-        _launch(_argmax_kernel, rows)(x, index, seed, cols, BLOCK=block, num_warps=_warps(block))
+        chunks = _chunks(cols)
+        _launch(_argmax_kernel, rows)(
+            x, index, seed, cols, CHUNKS=chunks, num_warps=_warps(64 * chunks)
+        )
     return index
 
 
@@ -298,8 +463,8 @@ def noise(seed: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
         raise ValueError(f"Triton noise supports {DTYPES}, got {dtype}")
     out = torch.empty((rows, cols), dtype=dtype, device=seed.device)
     if out.numel() > 0:
-        block = _block(cols)
-        _launch(_noise_kernel, rows)(out, seed, cols, BLOCK=block, num_warps=_warps(block))
+        chunks = _chunks(cols)
+        _launch(_noise_kernel, rows)(out, seed, cols, CHUNKS=chunks, num_warps=_warps(64 * chunks))
     return out
 
 

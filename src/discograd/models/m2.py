@@ -39,21 +39,16 @@ the numbers of different estimators are comparable.
 from __future__ import annotations
 
 import math
-import time
-from typing import Any, Dict, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discograd.models.vae import mlp
+from discograd.data.binarize import StaticSplits
+from discograd.models.vae import mlp, output_layer
 
 __all__ = ["M2", "SemiSupervisedExperiment", "class_labels", "labeled_subset"]
-
-
-def _output_layer(net: nn.Sequential) -> nn.Linear:
-    """The last layer of an :func:`mlp` (a Linear; Sequential's indexing types it as Module)."""
-    return cast(nn.Linear, net[-1])
 
 
 class M2(nn.Module):
@@ -97,7 +92,7 @@ class M2(nn.Module):
         """Decoder output bias = logit(mean pixel)."""
         p = mean.clamp(1e-3, 1 - 1e-3)
         with torch.no_grad():
-            _output_layer(self.decoder).bias.copy_(torch.log(p) - torch.log1p(-p))
+            output_layer(self.decoder).bias.copy_(torch.log(p) - torch.log1p(-p))
 
     # -- terms --------------------------------------------------------------------------------
 
@@ -206,7 +201,7 @@ def labeled_subset(labels: Tensor, n_labeled: int, n_classes: int, seed: int = 0
     return torch.cat(chosen).sort().values
 
 
-class SemiSupervisedExperiment:
+class SemiSupervisedExperiment(StaticSplits):
     """M2 as an experiment for :func:`discograd.train.fit`.
 
     Each step sees one batch of unlabeled images (an epoch runs over them, dynamically
@@ -254,16 +249,6 @@ class SemiSupervisedExperiment:
         self.n_labeled = n_labeled
         self.x_labeled, self.y_labeled = data.train[labeled], self.labels["train"][labeled]
         self.x_unlabeled = data.train[mask]
-        self.eval_seconds = 0.0
-        self._fixed: Dict[str, Tensor] = {}
-
-    def binarized(self, split: str) -> Tensor:
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-        if split not in self._fixed:
-            gen = torch.Generator().manual_seed(self.binarize_seed)
-            self._fixed[split] = torch.bernoulli(getattr(self.data, split), generator=gen)
-        return self._fixed[split]
 
     def batches(self, batch_size: int, generator: torch.Generator):
         order = torch.randperm(self.x_unlabeled.shape[0], generator=generator)
@@ -293,9 +278,8 @@ class SemiSupervisedExperiment:
 
     @torch.no_grad()
     def evaluate(self, split: str, generator: torch.Generator) -> Dict[str, float]:
-        start = time.perf_counter()
         x_all, y_all = self.binarized(split), self.labels[split]
-        device = _output_layer(self.model.decoder).weight.device
+        device = output_layer(self.model.decoder).weight.device
         buckets = self.model.n_classes // 10
         correct = digit_correct = bound = 0.0
         for i in range(0, x_all.shape[0], self.eval_batch_size):
@@ -306,7 +290,6 @@ class SemiSupervisedExperiment:
             digit_correct += float((pred // buckets == y // buckets).sum())
             bound += float(self.model.marginal_loss(x, self.model.noise(x, generator)).sum())
         n = x_all.shape[0]
-        self.eval_seconds += time.perf_counter() - start
         out = {"accuracy": correct / n, "neg_elbo": bound / n}
         if buckets > 1:
             out["digit_accuracy"] = digit_correct / n

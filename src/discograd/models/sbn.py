@@ -44,13 +44,13 @@ with the prior as proposal); m = 1000 in the paper. Small models can be enumerat
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd.data.binarize import StaticSplits
 from discograd.train import epoch_batches
 
 __all__ = ["PerLayer", "SBNExperiment", "StochasticBinaryNetwork", "configurations", "split_halves"]
@@ -324,7 +324,7 @@ class StochasticBinaryNetwork(nn.Module):
         return self.latent == "categorical"
 
 
-class SBNExperiment:
+class SBNExperiment(StaticSplits):
     """The SBN as an experiment for :func:`discograd.train.fit`.
 
     Images are binarized (``binarization="static"``: one draw with ``binarize_seed``, the
@@ -371,17 +371,6 @@ class SBNExperiment:
         self.eval_samples, self.eval_batch_size = eval_samples, eval_batch_size
         self.binarization, self.binarize_seed = binarization, binarize_seed
         self.settings = dict(settings or {})
-        self.eval_seconds = 0.0
-        self._fixed: Dict[str, Tensor] = {}
-
-    def binarized(self, split: str) -> Tensor:
-        """The split's images binarized once with ``binarize_seed`` (cached)."""
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-        if split not in self._fixed:
-            gen = torch.Generator().manual_seed(self.binarize_seed)
-            self._fixed[split] = torch.bernoulli(getattr(self.data, split), generator=gen)
-        return self._fixed[split]
 
     def batches(self, batch_size: int, generator: torch.Generator):
         if self.binarization == "dynamic":
@@ -395,7 +384,6 @@ class SBNExperiment:
 
     @torch.no_grad()
     def evaluate(self, split: str, generator: torch.Generator) -> Dict[str, float]:
-        start = time.perf_counter()
         x_all = self.binarized(split)
         device = self.model.out.weight.device
         nll, nll_1 = 0.0, 0.0
@@ -407,7 +395,6 @@ class SBNExperiment:
             nll -= float((torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).sum())
             nll_1 -= float(log_lik.mean(0).sum())
         n = x_all.shape[0]
-        self.eval_seconds += time.perf_counter() - start
         return {"nll": nll / n, "nll_1": nll_1 / n, "eval_samples": self.eval_samples}
 
     def config_dict(self) -> Dict[str, Any]:

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd.data.binarize import StaticSplits
 from discograd.estimators._family import Family, make_family
 from discograd.train import epoch_batches
 
-__all__ = ["DiscreteVAE", "VAEExperiment", "mlp"]
+__all__ = ["DiscreteVAE", "VAEExperiment", "mlp", "output_layer"]
 
 LATENTS = ("categorical", "bernoulli")
 
@@ -52,7 +53,7 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _output_layer(net: nn.Sequential) -> nn.Linear:
+def output_layer(net: nn.Sequential) -> nn.Linear:
     """The last layer of an :func:`mlp` (a Linear; Sequential's indexing types it as Module)."""
     return cast(nn.Linear, net[-1])
 
@@ -110,7 +111,7 @@ class DiscreteVAE(nn.Module):
         marginal intensities instead of spending its first steps finding them."""
         p = mean.clamp(1e-3, 1 - 1e-3)
         with torch.no_grad():
-            _output_layer(self.decoder).bias.copy_(torch.log(p) - torch.log1p(-p))
+            output_layer(self.decoder).bias.copy_(torch.log(p) - torch.log1p(-p))
 
     # -- the two networks ---------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class DiscreteVAE(nn.Module):
 
     def sample_prior(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Pixel probabilities (n, D) of the decoder at n draws from the uniform prior."""
-        device = _output_layer(self.decoder).weight.device
+        device = output_layer(self.decoder).weight.device
         shape = (n, self.n_latent) + ((self.n_classes,) if self._cat else ())
         z = self.family(torch.zeros(shape, device=device)).sample(1, generator)[0]
         return torch.sigmoid(self.decode(z))
@@ -229,7 +230,7 @@ class DiscreteVAE(nn.Module):
         return self.latent == "categorical"
 
 
-class VAEExperiment:
+class VAEExperiment(StaticSplits):
     """The VAE as an experiment for :func:`discograd.train.fit`.
 
     Training batches are dynamically binarized (x ~ Bernoulli(intensity), a new draw each
@@ -268,16 +269,6 @@ class VAEExperiment:
         self.iw_samples, self.elbo_samples = iw_samples, elbo_samples
         self.eval_batch_size, self.binarize_seed = eval_batch_size, binarize_seed
         self.settings = dict(settings or {})
-        self._fixed: Dict[str, Tensor] = {}
-
-    def binarized(self, split: str) -> Tensor:
-        """The split's images binarized once with ``binarize_seed`` (cached)."""
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-        if split not in self._fixed:
-            gen = torch.Generator().manual_seed(self.binarize_seed)
-            self._fixed[split] = torch.bernoulli(getattr(self.data, split), generator=gen)
-        return self._fixed[split]
 
     def batches(self, batch_size: int, generator: torch.Generator):
         return epoch_batches(self.data.train, batch_size, generator, binarize=True)
@@ -288,7 +279,7 @@ class VAEExperiment:
     @torch.no_grad()
     def evaluate(self, split: str, generator: torch.Generator) -> Dict[str, float]:
         x_all = self.binarized(split)
-        device = _output_layer(self.model.decoder).weight.device
+        device = output_layer(self.model.decoder).weight.device
         sums = {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0, "neg_iw": 0.0}
         for start in range(0, x_all.shape[0], self.eval_batch_size):
             x = x_all[start : start + self.eval_batch_size].to(device)
