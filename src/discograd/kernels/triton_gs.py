@@ -10,10 +10,12 @@ and more). Noise and reductions are in float32 whatever the input dtype.
   :math:`E = -\log u` is taken as ``-log1p(-(1 - u))`` above 1/2, with the same correction
   term as the C++ kernel and libdevice's precise ``log`` (not the approximate ``tl.log``, whose
   absolute error near 1 could make E negative).
-- Forward: pass 1 keeps a running max and rescaled sum per lane (online softmax) and the
-  first arg max; pass 2 recomputes the noise (cheaper than a scratch row) and writes
-  :math:`y = \exp((z - m)/\tau) / s` and, for ``hard``, the one-hot.
-- Backward: :math:`\nabla_x = y (g - \langle g, y\rangle)/\tau` from the saved ``y`` only,
+- Forward: pass 1 draws the noise (one Philox call per counter, all four words used), keeps
+  a running max and rescaled sum per lane (online softmax) and the first arg max, and writes
+  z = x + G in float32 (into the output, or a scratch buffer for 16-bit outputs); pass 2
+  writes :math:`y = \exp((z - m)/\tau) / s` and, for ``hard``, the one-hot.
+- Backward: one pass over rows of up to 32768 columns (g and y read once), two beyond.
+- Backward formula: :math:`\nabla_x = y (g - \langle g, y\rangle)/\tau` from the saved ``y`` only,
   and :math:`\nabla_\tau = -\tau^{-1}\sum_i y_i (g_i - \langle g, y\rangle)\log y_i`.
 
 With ``TRITON_INTERPRET=1`` the same host functions run on CPU tensors through Triton's
@@ -114,8 +116,8 @@ if triton is not None:
         x_ptr, z_ptr, base, K, r, col, inv_tau, m, s, best, best_idx, STORE_Z: tl.constexpr
     ):
         """Online max / rescaled sum / first arg max over one word's columns; with STORE_Z,
-        z = x + G is also written to z_ptr (the float32 output), so the second pass need not
-        draw the noise again."""
+        z = x + G is also written to z_ptr (float32), so the second pass need not draw the
+        noise again (the arg max kernel has no second pass)."""
         mask = (col >= 0) & (col < K)
         x = tl.load(x_ptr + base + col, mask=mask, other=float("-inf")).to(tl.float32)
         z = tl.where(mask, x + _gumbel_word(r), float("-inf"))
@@ -160,33 +162,10 @@ if triton is not None:
         return row_max, total, index
 
     @triton.jit
-    def _write(
-        x_ptr,
-        y_ptr,
-        hard_ptr,
-        base,
-        K,
-        r,
-        col,
-        row_max,
-        inv_tau,
-        inv_total,
-        index,
-        HARD: tl.constexpr,
-    ):
-        mask = (col >= 0) & (col < K)
-        x = tl.load(x_ptr + base + col, mask=mask, other=float("-inf")).to(tl.float32)
-        z = x + _gumbel_word(r)
-        y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
-        tl.store(y_ptr + base + col, y.to(y_ptr.dtype.element_ty), mask=mask)
-        if HARD:
-            one_hot = tl.where(col == index, 1.0, 0.0)
-            tl.store(hard_ptr + base + col, one_hot.to(hard_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
     def _forward_kernel(
         x_ptr,
         y_ptr,
+        z_ptr,
         hard_ptr,
         seed_ptr,
         tau_rows_ptr,
@@ -195,90 +174,26 @@ if triton is not None:
         HAS_TAU_ROWS: tl.constexpr,
         HARD: tl.constexpr,
         CHUNKS: tl.constexpr,
-        STORE_Z: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
         inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
-        row_max, total, index = _stats(x_ptr, y_ptr, row, K, seed, inv_tau, CHUNKS, STORE_Z)
+        row_max, total, index = _stats(x_ptr, z_ptr, row, K, seed, inv_tau, CHUNKS, True)
         inv_total = 1.0 / total
         base = row * K
-        if STORE_Z:
-            # y holds z = x + G (float32): one more pass over it, no noise drawn again. Other
-            # threads of this program wrote those entries: the barrier makes them visible.
-            tl.debug_barrier()
-            for start in range(0, K, CHUNKS * 64):
-                col = start + tl.arange(0, CHUNKS * 64)
-                mask = col < K
-                z = tl.load(y_ptr + base + col, mask=mask, other=float("-inf"))
-                y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
-                tl.store(y_ptr + base + col, y, mask=mask)
-                if HARD:
-                    one_hot = tl.where(col == index, 1.0, 0.0)
-                    tl.store(
-                        hard_ptr + base + col, one_hot.to(hard_ptr.dtype.element_ty), mask=mask
-                    )
-        else:
-            # 16-bit outputs cannot hold z exactly: draw the noise again (same counters).
-            first, count = _chunk_range(base, K)
-            for t in range(0, count, CHUNKS):
-                r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
-                _write(
-                    x_ptr,
-                    y_ptr,
-                    hard_ptr,
-                    base,
-                    K,
-                    r0,
-                    col,
-                    row_max,
-                    inv_tau,
-                    inv_total,
-                    index,
-                    HARD,
-                )
-                _write(
-                    x_ptr,
-                    y_ptr,
-                    hard_ptr,
-                    base,
-                    K,
-                    r1,
-                    col + 16,
-                    row_max,
-                    inv_tau,
-                    inv_total,
-                    index,
-                    HARD,
-                )
-                _write(
-                    x_ptr,
-                    y_ptr,
-                    hard_ptr,
-                    base,
-                    K,
-                    r2,
-                    col + 32,
-                    row_max,
-                    inv_tau,
-                    inv_total,
-                    index,
-                    HARD,
-                )
-                _write(
-                    x_ptr,
-                    y_ptr,
-                    hard_ptr,
-                    base,
-                    K,
-                    r3,
-                    col + 48,
-                    row_max,
-                    inv_tau,
-                    inv_total,
-                    index,
-                    HARD,
-                )
+        # z_ptr holds z = x + G in float32 (the output itself for float32, a scratch buffer for
+        # 16-bit outputs): one more pass over it, no noise drawn again. Other threads of this
+        # program wrote those entries: the barrier makes them visible.
+        tl.debug_barrier()
+        for start in range(0, K, CHUNKS * 64):
+            col = start + tl.arange(0, CHUNKS * 64)
+            mask = col < K
+            z = tl.load(z_ptr + base + col, mask=mask, other=float("-inf"))
+            y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
+            tl.store(y_ptr + base + col, y.to(y_ptr.dtype.element_ty), mask=mask)
+            if HARD:
+                one_hot = tl.where(col == index, 1.0, 0.0)
+                tl.store(hard_ptr + base + col, one_hot.to(hard_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _argmax_kernel(x_ptr, index_ptr, seed_ptr, K, CHUNKS: tl.constexpr):
@@ -401,10 +316,15 @@ def forward(
     y = torch.empty_like(x)
     one_hot = torch.empty_like(x) if hard else None
     if x.numel() > 0:
+        # z = x + G between the two passes, in float32: the output itself when it is float32,
+        # else a scratch buffer (2 logits-sized units for 16-bit logits), cheaper than drawing
+        # the noise a second time.
+        z = y if y.dtype == torch.float32 else torch.empty_like(x, dtype=torch.float32)
         chunks = _chunks(cols)
         _launch(_forward_kernel, rows)(
             x,
             y,
+            z,
             one_hot if hard else y,
             seed,
             tau_rows if tau_rows is not None else y,
@@ -413,7 +333,6 @@ def forward(
             HAS_TAU_ROWS=tau_rows is not None,
             HARD=hard,
             CHUNKS=chunks,
-            STORE_Z=y.dtype == torch.float32,
             num_warps=_warps(64 * chunks),
         )
     return one_hot, y
