@@ -21,7 +21,8 @@ class PlottingUnavailable(ImportError):
     """matplotlib is not installed."""
 
 
-def _figure(figsize: Tuple[float, float]):
+def _figure(figsize: Tuple[float, float], dpi: int = 100):
+    """A matplotlib Figure through the object-oriented API (no pyplot, no global state)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
@@ -29,7 +30,7 @@ def _figure(figsize: Tuple[float, float]):
             "figures need matplotlib, which is not installed: "
             "pip install 'discograd[plots]' (or pip install matplotlib)"
         ) from exc
-    return Figure(figsize=figsize, dpi=100)
+    return Figure(figsize=figsize, dpi=dpi)
 
 
 def image_grid(

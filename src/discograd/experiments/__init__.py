@@ -22,13 +22,6 @@ def figure(figsize: Tuple[float, float], dpi: int = 100):
 
     Raises :class:`discograd.plotting.PlottingUnavailable` when matplotlib is missing.
     """
-    from discograd.plotting import PlottingUnavailable
+    from discograd.plotting import _figure
 
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise PlottingUnavailable(
-            "figures need matplotlib, which is not installed: "
-            "pip install 'discograd[plots]' (or pip install matplotlib)"
-        ) from exc
-    return Figure(figsize=figsize, dpi=dpi)
+    return _figure(figsize, dpi)
