@@ -114,7 +114,8 @@ class Estimator(nn.Module):
 
     def step(self) -> None:
         """Advance the step counter that schedules (temperatures) read; call once per update."""
-        self.num_steps += 1
+        # In place: `+=` would also re-assign the buffer through nn.Module.__setattr__.
+        self.num_steps.add_(1)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
