@@ -90,6 +90,7 @@ class Estimator(nn.Module):
     distributions: ClassVar[Tuple[str, ...]] = ("categorical", "bernoulli")
     unbiased: ClassVar[bool] = False
     evaluations: ClassVar[str] = "1"
+    num_steps: Tensor  # the step counter buffer registered below
 
     def __init__(self) -> None:
         super().__init__()
