@@ -188,13 +188,19 @@ class Experiment(Protocol):
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the step reached and the final evaluation, by split."""
+    """What :func:`fit` returns: the step reached and the final evaluation, by split.
+
+    ``elapsed`` is the run's wall time (a resumed run's includes the time before the
+    interruption); ``eval_seconds`` the part of this call spent in ``experiment.evaluate``
+    (periodic and final evaluations, on rank 0), so ``elapsed - eval_seconds`` is training.
+    """
 
     step: int
     final: Dict[str, Dict[str, float]]
     elapsed: float
     out_dir: Optional[str] = None
     world_size: int = 1
+    eval_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +381,10 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
         step_fn = torch.compile(step_module)
     shard_batch = getattr(experiment, "shard_batch", distributed.shard)
 
+    eval_seconds = 0.0
+
     def evaluate(splits: Iterable[str], final: bool = False) -> Dict[str, Dict[str, float]]:
+        nonlocal eval_seconds
         results: Dict[str, Dict[str, float]] = {}
         if main:
             model.eval()
@@ -383,7 +392,10 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
             with torch.no_grad():
                 for split in splits:
                     gen = torch.Generator(device).manual_seed(eval_seed)
-                    metrics = {k: _number(v) for k, v in experiment.evaluate(split, gen).items()}
+                    started = time.perf_counter()
+                    values = experiment.evaluate(split, gen)
+                    eval_seconds += time.perf_counter() - started
+                    metrics = {k: _number(v) for k, v in values.items()}
                     row = {"step": step, "time": _round(clock()), "split": split, **metrics}
                     log.write({**row, "final": True} if final else row)
                     results[split] = metrics
@@ -495,7 +507,12 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
         checkpoint()
         final = evaluate(cfg.final_splits, final=True)
     return FitResult(
-        step=step, final=final, elapsed=clock(), out_dir=cfg.out_dir, world_size=ctx.world_size
+        step=step,
+        final=final,
+        elapsed=clock(),
+        out_dir=cfg.out_dir,
+        world_size=ctx.world_size,
+        eval_seconds=eval_seconds,
     )
 
 

@@ -34,7 +34,6 @@ import ast
 import inspect
 import json
 import sys
-import time
 from pathlib import Path
 from typing import (
     Any,
@@ -69,7 +68,6 @@ __all__ = [
     "run_command",
     "speaker",
     "temperature",
-    "time_evaluations",
     "timing",
     "train_and_report",
     "train_and_summarize",
@@ -489,27 +487,6 @@ def speaker(args: argparse.Namespace) -> Callable[[str], None]:
     return say
 
 
-class EvalTimer:
-    """Seconds spent in an experiment's ``evaluate`` (:func:`time_evaluations`)."""
-
-    seconds = 0.0
-
-
-def time_evaluations(experiment: Any) -> EvalTimer:
-    """Wrap ``experiment.evaluate`` to add up its wall time (to report training-only rates)."""
-    timer, evaluate = EvalTimer(), experiment.evaluate
-
-    def timed(split: str, generator: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return evaluate(split, generator)
-        finally:
-            timer.seconds += time.perf_counter() - start
-
-    experiment.evaluate = timed
-    return timer
-
-
 def train_and_summarize(
     experiment: Any, config: Any, say: Callable[[str], None], name: str
 ) -> Tuple[Any, Optional[Dict[str, Any]]]:
@@ -518,9 +495,9 @@ def train_and_summarize(
 
     summary.json: ``seconds`` is the whole run's wall time (a resumed run's includes the time
     before the interruption); ``train_seconds`` and ``steps_per_second`` leave out the time
-    this process spent in ``experiment.evaluate`` (periodic and final evaluations;
-    checkpoints stay in). Under several processes ``steps_per_second`` counts the steps of
-    the whole run (each step one global batch).
+    this process spent in ``experiment.evaluate`` (``FitResult.eval_seconds``: periodic and
+    final evaluations; checkpoints stay in). Under several processes ``steps_per_second``
+    counts the steps of the whole run (each step one global batch).
     """
     import torch
 
@@ -528,11 +505,10 @@ def train_and_summarize(
 
     say(f"output: {Path(config.out_dir).resolve()}")
     torch_threads = torch.get_num_threads()
-    eval_timer = time_evaluations(experiment)
     result = fit(experiment, config)
     if not is_main():
         return result, None
-    train_seconds = max(result.elapsed - eval_timer.seconds, 1e-9)
+    train_seconds = max(result.elapsed - result.eval_seconds, 1e-9)
     summary = {
         "experiment": name,
         "steps": result.step,
