@@ -22,7 +22,7 @@ import torch
 
 from discograd import distributed
 from discograd.cli import build_parser, main
-from discograd.experiments.semisup import ShardedM2Experiment
+from discograd.models.m2 import SemiSupervisedExperiment
 from discograd.train import load_checkpoint
 from tests.test_distributed import run_ranks
 from tests.test_train import rows
@@ -71,7 +71,7 @@ def same(a: dict, b: dict) -> bool:
 # -- two ranks --------------------------------------------------------------------------------
 
 
-class OneWeightPerRank(ShardedM2Experiment):
+class OneWeightPerRank(SemiSupervisedExperiment):
     """Negative control: semisup's batches shared as the trainer shares any batch."""
 
     def shard_batch(self, batch, rank, world_size):
@@ -107,7 +107,7 @@ def two_ranks(tmp_path_factory):
             codes["gan-unsynced"] = main(job("gan", tmp / "gan-unsynced"))
             distributed.all_reduce_gradients = real_average
             unsynced = seen[-1].model
-            semisup.ShardedM2Experiment = OneWeightPerRank  # the trainer's default sharding
+            semisup.SemiSupervisedExperiment = OneWeightPerRank  # the trainer's default sharding
             codes["semisup-one-weight"] = main(job("semisup", tmp / "semisup-one-weight"))
         return {
             "codes": codes,

@@ -4,8 +4,9 @@ against marginalizing it as the number of classes grows (Jang et al., 2016, sect
 ``run`` trains :class:`~discograd.models.m2.M2` with :func:`discograd.train.fit` and writes
 config.json, metrics.jsonl, checkpoint.pt, summary.json (test accuracy, negative ELBO with y
 marginalized, training steps per second) and training_curve.png. With ``--nproc N`` it trains
-in N processes (:class:`ShardedM2Experiment` splits each batch's labeled and unlabeled parts
-among them so that the averaged gradient is the one-process batch's); rank 0 alone writes.
+in N processes (:meth:`~discograd.models.m2.SemiSupervisedExperiment.shard_batch` splits each
+batch's labeled and unlabeled parts among them so that the averaged gradient is the
+one-process batch's); rank 0 alone writes.
 
 ``measure_speed`` (``discograd semisup --speed``) times training steps of the same model with
 each estimator of y (``exact`` = Kingma et al.'s marginalization, K passes of the encoder and
@@ -27,78 +28,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from discograd import distributed
 from discograd.models.m2 import SemiSupervisedExperiment
 
-__all__ = ["ShardedM2Experiment", "build_experiment", "format_speed_table", "measure_speed", "run"]
-
-
-class ShardedM2Experiment(SemiSupervisedExperiment):
-    r""":class:`~discograd.models.m2.SemiSupervisedExperiment` whose batches several processes
-    share term by term (one process: the same experiment, step for step).
-
-    A batch holds :math:`n_l` labeled and :math:`n_u` unlabeled images, usually in different
-    numbers (the epoch's last unlabeled batch is short), and the objective is a sum of means
-    over each, :math:`\mathcal{J} = \frac{1}{n_l}\sum_l (\mathcal{L}_i + \alpha\,
-    \mathrm{CE}_i) + \frac{1}{n_u}\sum_u \mathcal{U}_j`, so the trainer's one weight per rank
-    (:func:`discograd.distributed.shard`) cannot make the ranks' average its gradient. Here
-    each part is split among the N ranks on its own, and rank r's loss is
-
-    .. math:: \mathcal{J}_r = \frac{N}{n_l}\sum_{i \in l_r} (\mathcal{L}_i + \alpha\,
-              \mathrm{CE}_i) + \frac{N}{n_u}\sum_{j \in u_r} \mathcal{U}_j,
-
-    so that :math:`\frac1N\sum_r \mathcal{J}_r = \mathcal{J}` for any shares, and the average
-    DistributedDataParallel takes of the gradients is :math:`\nabla\mathcal{J}`. A part with
-    fewer rows than ranks leaves some ranks no share: those get the whole part with factor 0,
-    so that they still run the forward and backward the gradient average waits for (an empty
-    share's mean would be NaN).
-    """
-
-    def shard_batch(
-        self, batch: Dict[str, Tensor], rank: int, world_size: int
-    ) -> Tuple[Any, float]:
-        if world_size == 1:
-            return batch, 1.0
-        labeled, w_l = distributed.shard(
-            {"x_l": batch["x_l"], "y_l": batch["y_l"]}, rank, world_size
-        )
-        (x_u,), w_u = distributed.shard((batch["x_u"],), rank, world_size)
-        # w = N n_r / n (0 for no share): the factor of the share's sum is w / n_r = N / n.
-        return {
-            **labeled,
-            "x_u": x_u,
-            "scale_l": w_l / labeled["x_l"].shape[0],
-            "scale_u": w_u / x_u.shape[0],
-        }, 1.0
-
-    def loss(
-        self, batch: Dict[str, Any], step: int, generator: torch.Generator
-    ) -> Tuple[Tensor, Dict[str, Any]]:
-        if "scale_u" not in batch:  # one process: the base experiment's batch means
-            return super().loss(batch, step, generator)
-        model, s_l, s_u = self.model, batch["scale_l"], batch["scale_u"]
-        x_l, y_l, x_u = batch["x_l"], batch["y_l"], batch["x_u"]
-        # The same draws, in the same order, as the base experiment's loss.
-        labeled = model.labeled_loss(x_l, y_l, model.noise(x_l, generator))
-        unlabeled, _ = model.unlabeled_loss(
-            x_u, self.estimator, model.noise(x_u, generator), generator
-        )
-        ce = F.cross_entropy(model.class_logits(x_l), y_l, reduction="sum")
-        labeled, unlabeled, ce = s_l * labeled.sum(), s_u * unlabeled.sum(), s_l * ce
-        # Logged: this rank's terms, which the trainer averages into the batch means.
-        return labeled + unlabeled + self.alpha * ce, {
-            "labeled": labeled.detach(),
-            "unlabeled": unlabeled.detach(),
-            "ce": ce.detach(),
-        }
+__all__ = ["build_experiment", "format_speed_table", "measure_speed", "run"]
 
 
 def build_experiment(
     args: argparse.Namespace, data: Any, estimator: Optional[nn.Module] = None
-) -> ShardedM2Experiment:
+) -> SemiSupervisedExperiment:
     """M2 and its experiment from the options (``estimator`` overrides --estimator)."""
     from discograd.experiments.sbn import build_estimators
     from discograd.models.m2 import M2
@@ -119,7 +59,7 @@ def build_experiment(
     with seeded(args.seed):
         model = M2(data.dim, args.n_classes, z_dim=args.z_dim, hidden=args.hidden)
     model.init_output_bias(data.train.mean(0))
-    experiment = ShardedM2Experiment(
+    experiment = SemiSupervisedExperiment(
         data,
         model,
         est,
@@ -146,12 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if args.speed:  # time training steps instead of training; its errors are usage errors too
         return run_command("semisup", args, lambda: _run_speed(args, say), lambda code: code)
 
-    def setup() -> Tuple[Any, ShardedM2Experiment, Any]:
+    def setup() -> Tuple[Any, SemiSupervisedExperiment, Any]:
         check_device(args.device)
         data = load_dataset(args.dataset)
         return data, build_experiment(args, data), train_config(args)
 
-    def train(built: Tuple[Any, ShardedM2Experiment, Any]) -> int:
+    def train(built: Tuple[Any, SemiSupervisedExperiment, Any]) -> int:
         data, experiment, config = built
         say(
             f"data: {data.name}: {data.description}; {experiment.n_labeled} labeled / "

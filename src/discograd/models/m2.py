@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd import distributed
 from discograd.data.binarize import StaticSplits
 from discograd.models.vae import mlp, output_layer
 
@@ -261,18 +262,56 @@ class SemiSupervisedExperiment(StaticSplits):
             x_l = torch.bernoulli(self.x_labeled[pick], generator=generator)
             yield {"x_l": x_l, "y_l": self.y_labeled[pick], "x_u": x_u}
 
-    def loss(self, batch: Dict[str, Tensor], step: int, generator: torch.Generator):
+    def shard_batch(
+        self, batch: Dict[str, Tensor], rank: int, world_size: int
+    ) -> Tuple[Dict[str, Any], float]:
+        r"""Rank ``rank``'s share of a batch when ``world_size`` processes train together.
+
+        The objective is a sum of means over two parts of different sizes,
+        :math:`\mathcal{J} = \frac{1}{n_l}\sum_l (\mathcal{L}_i + \alpha\,\mathrm{CE}_i) +
+        \frac{1}{n_u}\sum_u \mathcal{U}_j`, so the trainer's one weight per rank
+        (:func:`discograd.distributed.shard`) cannot make the ranks' average its gradient. Each
+        part is split among the N ranks on its own, and rank r's loss (:meth:`loss`) is
+        :math:`\frac{N}{n_l}\sum_{l_r}(\mathcal{L}_i + \alpha\,\mathrm{CE}_i) +
+        \frac{N}{n_u}\sum_{u_r}\mathcal{U}_j`, so that :math:`\frac1N\sum_r \mathcal{J}_r =
+        \mathcal{J}` for any shares: the average DistributedDataParallel takes of the gradients
+        is :math:`\nabla\mathcal{J}`. A part with fewer rows than ranks leaves some ranks no
+        share: those get the whole part with factor 0, so that they still run the forward and
+        backward the gradient average waits for (an empty share's mean would be NaN).
+        """
+        if world_size == 1:
+            return batch, 1.0
+        labeled, w_l = distributed.shard(
+            {"x_l": batch["x_l"], "y_l": batch["y_l"]}, rank, world_size
+        )
+        (x_u,), w_u = distributed.shard((batch["x_u"],), rank, world_size)
+        # w = N n_r / n (0 for no share): the factor of the share's sum is w / n_r = N / n.
+        return {
+            **labeled,
+            "x_u": x_u,
+            "scale_l": w_l / labeled["x_l"].shape[0],
+            "scale_u": w_u / x_u.shape[0],
+        }, 1.0
+
+    def loss(self, batch: Dict[str, Any], step: int, generator: torch.Generator):
         model = self.model
         x_l, y_l, x_u = batch["x_l"], batch["y_l"], batch["x_u"]
         labeled = model.labeled_loss(x_l, y_l, model.noise(x_l, generator))
         unlabeled, _ = model.unlabeled_loss(
             x_u, self.estimator, model.noise(x_u, generator), generator
         )
-        ce = F.cross_entropy(model.class_logits(x_l), y_l)
-        loss = labeled.mean() + unlabeled.mean() + self.alpha * ce
-        return loss, {
-            "labeled": labeled.detach().mean(),
-            "unlabeled": unlabeled.detach().mean(),
+        logits = model.class_logits(x_l)
+        if "scale_u" in batch:  # a rank's share (shard_batch): scaled sums
+            s_l, s_u = batch["scale_l"], batch["scale_u"]
+            labeled, unlabeled = s_l * labeled.sum(), s_u * unlabeled.sum()
+            ce = s_l * F.cross_entropy(logits, y_l, reduction="sum")
+        else:  # the whole batch: means
+            labeled, unlabeled = labeled.mean(), unlabeled.mean()
+            ce = F.cross_entropy(logits, y_l)
+        # Logged: the batch means, or this rank's terms, which the trainer averages into them.
+        return labeled + unlabeled + self.alpha * ce, {
+            "labeled": labeled.detach(),
+            "unlabeled": unlabeled.detach(),
             "ce": ce.detach(),
         }
 
