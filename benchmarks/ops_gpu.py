@@ -9,7 +9,9 @@ rounds (CUDA events around ``--calls`` back-to-back calls):
 
 - ``torch``: ``torch.nn.functional.gumbel_softmax`` (``exponential_`` noise, composite
   autograd); ``composite``: uniform noise, two logs, softmax, a custom autograd function that
-  saves only the sample; ``discograd``: ``discograd.gumbel_softmax`` (the Triton kernel).
+  saves only the sample; ``discograd``: ``discograd.gumbel_softmax`` (the Triton kernel);
+  ``unchecked``: the same with ``discograd.set_validate_args(False)`` (no check of the logits,
+  so no host sync to read the kernel's flag; torch's op checks nothing).
 - forward + backward (``torch.autograd.grad`` of the sample against a fixed incoming gradient),
   forward alone and backward alone for discograd.
 - Bandwidth: the bytes the fused kernels must move (forward: read x, write y; backward: read
@@ -20,7 +22,9 @@ rounds (CUDA events around ``--calls`` back-to-back calls):
 - Non-finite values among ``--draws`` draws of ``discograd.gumbel_noise`` and of
   ``discograd.gumbel_softmax`` (tau = 0.01) per dtype, and of torch's op on the same logits.
 
-Prints markdown tables (and writes them to ``--out`` if given).
+Prints markdown tables (and writes them to ``--out`` if given). ``--sweep`` instead times the
+forward kernel alone under each launch configuration of ``triton_gs.TUNING`` (single pass or
+two passes, tile size, warps, the fast outer log) on vocabulary-sized rows, to choose them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -62,7 +67,18 @@ CONTENDERS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch": lambda x: F.gumbel_softmax(x, TAU),
     "composite": lambda x: _Composite.apply(x, TAU),
     "discograd": lambda x: discograd.gumbel_softmax(x, TAU),
+    "discograd-unchecked": lambda x: _unchecked(x),
 }
+
+
+def _unchecked(x: torch.Tensor) -> torch.Tensor:
+    """discograd.gumbel_softmax with ``set_validate_args(False)``: no NaN/inf/mask check of the
+    logits, hence no host sync after the kernel to read its flag (torch's op checks nothing)."""
+    discograd.set_validate_args(False)
+    try:
+        return discograd.gumbel_softmax(x, TAU)
+    finally:
+        discograd.set_validate_args(True)
 
 
 def sync(device: torch.device) -> None:
@@ -154,6 +170,75 @@ def nonfinite_counts(dtype, device, draws: float, quick: bool) -> Dict[str, Tupl
     return {k: (v, calls * per_call) for k, v in counts.items()}
 
 
+# (shape, dtype, configurations): the single-pass kernel (whole rows in registers, at most
+# `single_max_warps` warps) and the two-pass one (`chunks` 64-column chunks a tile, `warps`),
+# with the outer log exact or by the hardware approximation (`fast_log`).
+_TILED = [(64, 8), (128, 8), (256, 16)]
+_VOCAB = [{"single_max_warps": w, "fast_log": f} for w in (16, 32) for f in ("never", "always")] + [
+    {"single_cols": 0, "chunks": c, "warps": w, "fast_log": f}
+    for c, w in _TILED
+    for f in ("never", "always")
+]
+SWEEP = [
+    ((8192, 32768), torch.float32, _VOCAB),
+    ((8192, 32768), torch.bfloat16, _VOCAB),
+    ((64, 131072), torch.float32, [{"chunks": c, "warps": w} for c, w in _TILED + [(128, 16)]]),
+    (
+        (4096, 8192),
+        torch.float32,
+        [{"single_elems_per_thread": e} for e in (16, 32, 64)]
+        + [{"single_cols": 0, "chunks": 128, "warps": 8}],
+    ),
+]
+QUICK_SWEEP = [((4, 256), torch.float32, [{"single_elems_per_thread": e} for e in (8, 32)])]
+
+
+def sweep(
+    device: torch.device, say: Callable[[str], None], quick: bool, rounds: int = 3
+) -> List[Dict[str, object]]:
+    """Forward-kernel time for each configuration (CUDA events, median of rounds)."""
+    from discograd.kernels import triton_gs
+
+    default = dict(triton_gs.TUNING)
+    seed = torch.tensor([12345], dtype=torch.int64, device=device)
+    say("| shape | dtype | config | fwd ms | fwd GB/s |")
+    say("|---|---|---|---|---|")
+    results = []
+    for shape, dtype, configs in QUICK_SWEEP if quick else SWEEP:
+        x = torch.randn(shape, device=device).to(dtype)
+        size = x.numel() * x.element_size()
+        for config in configs:
+            triton_gs.TUNING.clear()
+            triton_gs.TUNING.update(default)
+            triton_gs.TUNING.update(config)
+            fn = partial(triton_gs.forward, x, seed, TAU, None, False)
+            try:
+                fn()
+                ms = statistics.median(time_ms(fn, 20, device) for _ in range(rounds))
+            except Exception as exc:
+                say(f"| {shape} | {dtype} | {config} | failed: {type(exc).__name__}: {exc} |")
+                continue
+            say(f"| {shape} | {dtype} | {config} | {ms:.3f} | {2 * size / ms / 1e6:.0f} |")
+            results.append({"shape": shape, "dtype": str(dtype), "config": config, "ms": ms})
+        triton_gs.TUNING.clear()
+        triton_gs.TUNING.update(default)
+        ms = statistics.median(
+            time_ms(partial(triton_gs.noise, seed, shape[0], shape[1], dtype), 20, device)
+            for _ in range(rounds)
+        )
+        say(
+            f"| {shape} | {dtype} | noise kernel alone (write only) | {ms:.3f} | "
+            f"{size / ms / 1e6:.0f} |"
+        )
+        y = triton_gs.forward(x, seed, TAU, None, False)[1]
+        ms = statistics.median(
+            time_ms(partial(triton_gs.backward, y, y, TAU, None, False), 20, device)
+            for _ in range(rounds)
+        )
+        say(f"| {shape} | {dtype} | backward kernel | {ms:.3f} | {3 * size / ms / 1e6:.0f} |")
+    return results
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -163,7 +248,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--draws", type=float, default=1e9, help="draws per dtype (NaN count)")
     parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     parser.add_argument("--json", default=None, help="write the raw numbers here")
+    parser.add_argument("--sweep", action="store_true", help="time launch configurations")
+    parser.add_argument(
+        "--tuning", default=None, help="JSON overriding triton_gs.TUNING, e.g. '{\"warps\": 16}'"
+    )
     args = parser.parse_args(argv)
+    if args.tuning:
+        from discograd.kernels import triton_gs
+
+        triton_gs.TUNING.update(json.loads(args.tuning))
     device = torch.device(args.device)
     lines: List[str] = []
 
@@ -173,6 +266,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     say(f"Device: {name}; torch {torch.__version__}; kernels: {kernels.status()}")
+    if args.sweep:
+        results = sweep(device, say, args.quick)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1, default=str)
+        return 0
     shapes = [(64, 30, 10), (512, 1000), (4, 8, 32768)] if args.quick else SHAPES
     rounds, calls = (2, 2) if args.quick else (args.rounds, args.calls)
     bw = copy_bandwidth(device, args.quick)
@@ -181,9 +280,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     raw: Dict[str, object] = {"device": name, "copy_bandwidth": bw, "shapes": {}}
     say(
         "| shape | dtype | torch ms | composite ms | discograd ms | torch / dg | composite / dg "
-        "| dg fwd ms | dg bwd ms | fwd+bwd GB/s | % of copy bw | peak extra (logits) |"
+        "| dg fwd ms | dg bwd ms | fwd+bwd GB/s | % of copy bw | unchecked ms | torch / unchecked "
+        "| unchecked % of copy bw | peak extra (logits) |"
     )
-    say("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in shapes:
         for dtype in DTYPES:
             try:
@@ -196,13 +296,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 numel *= s
             size = numel * torch.empty((), dtype=dtype).element_size()
             gbs = 5 * size / (r["discograd"] * 1e-3)
+            free = r["discograd-unchecked"]
+            gbs_free = 5 * size / (free * 1e-3)
             peak = r.get("peak_extra_logits", float("nan"))
             say(
                 f"| {shape} | {str(dtype).replace('torch.', '')} | {r['torch']:.3f} | "
                 f"{r['composite']:.3f} | {r['discograd']:.3f} | "
                 f"{r['torch'] / r['discograd']:.1f}x | {r['composite'] / r['discograd']:.1f}x | "
                 f"{r['dg-forward']:.3f} | {r['dg-backward']:.3f} | {gbs / 1e9:.0f} | "
-                f"{100 * gbs / bw:.0f}% | {peak:.2f} |"
+                f"{100 * gbs / bw:.0f}% | {free:.3f} | {r['torch'] / free:.1f}x | "
+                f"{100 * gbs_free / bw:.0f}% | {peak:.2f} |"
             )
             raw["shapes"][f"{shape} {dtype}"] = r  # type: ignore[index]
     say()

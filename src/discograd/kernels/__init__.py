@@ -126,13 +126,15 @@ def _seed(generator: Optional[torch.Generator], device: torch.device) -> Tensor:
     )
 
 
-def _validate_logits(logits: Tensor, dim: int) -> None:
+def _validate_logits(logits: Tensor, dim: int, fused: bool = False) -> None:
     """:func:`discograd._validation.check_logits` (one screening reduction for valid input).
 
     Content checks are data-dependent branches that torch.compile(fullgraph=True) cannot
     trace: compiled code gets the cheap checks only, like ``set_validate_args(False)``.
+    ``fused``: the kernel checks the contents itself (the CUDA Gumbel-softmax flags invalid
+    rows as it goes), so only the type and shape are checked here.
     """
-    check_logits(logits, dim=dim, contents=not torch.compiler.is_compiling())
+    check_logits(logits, dim=dim, contents=not (fused or torch.compiler.is_compiling()))
 
 
 def _rows(logits: Tensor, dim: int) -> Tensor:
@@ -165,7 +167,7 @@ def gumbel_softmax(
     else:
         check_tau(tau)
         tau_rows, tau_value = None, float(tau)
-    _validate_logits(logits, dim)
+    _validate_logits(logits, dim, fused=logits.device.type == "cuda")
     moved_shape = logits.movedim(dim, -1).shape
     rows = _rows(logits, dim)
     seed = _seed(generator, logits.device)

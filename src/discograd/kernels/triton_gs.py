@@ -1,22 +1,31 @@
 r"""Triton kernels for the ``discograd::*`` operators on CUDA (float32, float16, bfloat16).
 
-One program per row, looping over column blocks, so rows of any length work (2^17 categories
-and more). Noise and reductions are in float32 whatever the input dtype.
+One program per row; rows of any length work (2^17 categories and more). Noise and reductions
+are in float32 whatever the input dtype.
 
 - Noise: Philox-4x32-10 through ``tl.randint4x(seed, counter)`` with the counter layout of the
   C++ kernel (``gumbel_cpu.cpp``): element f = row * K + column uses word ``(f mod 64) // 16``
   of counter ``16 (f // 64) + f mod 16``, so CPU and GPU draw the same uniforms from the same
   seed. The uniform is the midpoint ``(2j + 1) / 2^25`` of a 24-bit grid cell and
   :math:`E = -\log u` is taken as ``-log1p(-(1 - u))`` above 1/2, with the same correction
-  term as the C++ kernel and libdevice's precise ``log`` (not the approximate ``tl.log``, whose
-  absolute error near 1 could make E negative).
-- Forward: pass 1 draws the noise (one Philox call per counter, all four words used), keeps
-  a running max and rescaled sum per lane (online softmax) and the first arg max, and writes
-  z = x + G in float32 (into the output, or a scratch buffer for 16-bit outputs); pass 2
-  writes :math:`y = \exp((z - m)/\tau) / s` and, for ``hard``, the one-hot.
+  term as the C++ kernel. Both logs use the kernel's own ``_log_noise`` (within 1 ulp on the
+  inputs the noise can give, without libdevice's special cases: the forward is bound by its
+  instruction count). For 16-bit outputs the outer log is the hardware approximation (see
+  ``_fast_log``).
+- Tiles are (chunks, 16 lanes) arrays, one Philox call per counter and all four words used;
+  columns run contiguously along the lanes, so full tiles load and store 16 bytes at a time.
+- Forward, rows up to ``TUNING["single_cols"]`` (32768): the whole row in registers, so x is
+  read once and y written once: :math:`y = \exp((z - m)/\tau) / s`, z = x + G, m its max, s
+  the sum. Longer rows: pass 1 writes z (in float32: the output, or a scratch buffer for
+  16-bit outputs) and keeps the running max and sum, rescaled once per tile; pass 2 writes y.
+  ``hard`` also writes the one-hot of the first arg max of z.
+- Input check fused into the forward: a row whose sum s is not in [1, inf) (a NaN or +inf
+  logit, a fully masked row) sets a flag, read once after the kernel; only then are the logits
+  examined to say which rule they break. This replaces a pass over the logits before the
+  kernel (``set_validate_args(False)`` skips the flag's read, the one host sync of a call).
 - Backward: one pass over rows of up to 32768 columns (g and y read once), two beyond.
-- Backward formula: :math:`\nabla_x = y (g - \langle g, y\rangle)/\tau` from the saved ``y`` only,
-  and :math:`\nabla_\tau = -\tau^{-1}\sum_i y_i (g_i - \langle g, y\rangle)\log y_i`.
+  :math:`\nabla_x = y (g - \langle g, y\rangle)/\tau` from the saved ``y`` only, and
+  :math:`\nabla_\tau = -\tau^{-1}\sum_i y_i (g_i - \langle g, y\rangle)\log y_i`.
 
 With ``TRITON_INTERPRET=1`` the same host functions run on CPU tensors through Triton's
 interpreter, which is how the tests check these kernels on machines without a GPU.
@@ -33,10 +42,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from discograd._validation import check_logits, validate_args_enabled
 
 try:
     import triton  # pyright: ignore[reportMissingImports]
@@ -67,34 +78,79 @@ if triton is not None:
     def _log_device(x):
         return libdevice.log(x)
 
+    @triton.jit
+    def _log_fast_device(x):
+        # MUFU.LG2: within 2 ulp outside [1/2, 2], within 2^-21.4 absolute inside
+        return libdevice.fast_logf(x)
+
     _log = _log_interpreted if interpreter() else _log_device
+    _log_fast = _log_interpreted if interpreter() else _log_fast_device
 
     @triton.jit
-    def _gumbel_word(w):
-        """Gumbel noise from a 32-bit Philox word, as in the C++ kernel (float32 words)."""
+    def _log_noise(x):
+        """log x for the positive normal floats the noise takes logs of (2^-25 <= x < 18),
+        within 1 ulp (the tests check every input the inner log can get): x = 2^e m with m in
+        [2/3, 4/3), log x = e log 2 + log1p(f), f = m - 1 (exact), and log1p(f) = f + f^2 Q(f)
+        with Q a degree-8 polynomial fitted for relative error on |f| <= 1/3. It leaves out
+        libdevice's handling of 0, subnormals, inf and NaN, which cannot occur here: about
+        16 instructions instead of 24, in a kernel bound by its instruction count."""
+        i = x.to(tl.int32, bitcast=True) - 0x3F2AAAAB  # bits of 2/3
+        e = i >> 23
+        m = ((i & 0x7FFFFF) + 0x3F2AAAAB).to(tl.float32, bitcast=True)
+        f = m - 1.0
+        q = tl.fma(f, -0.10902266949415207, 0.1387483775615692)
+        q = tl.fma(q, f, -0.12657690048217773)
+        q = tl.fma(q, f, 0.14026455581188202)
+        q = tl.fma(q, f, -0.166432723402977)
+        q = tl.fma(q, f, 0.20009292662143707)
+        q = tl.fma(q, f, -0.25000864267349243)
+        q = tl.fma(q, f, 0.3333323001861572)
+        q = tl.fma(q, f, -0.49999991059303284)
+        return tl.fma(e.to(tl.float32), 0.693147182464599609375, tl.fma(f * f, q, f))
+
+    @triton.jit
+    def _gumbel_word(w, FAST: tl.constexpr = False):
+        """Gumbel noise from a 32-bit Philox word, as in the C++ kernel (float32 words).
+        FAST: the outer log by the hardware approximation (see TUNING["fast_log"])."""
         j = (w >> 8).to(tl.int32)
         low = j < 8388608  # u < 1/2
         v = tl.where(low, 2 * j + 1, 33554432 - 2 * j - 1)  # odd, < 2^24: exact in float32
         a = v.to(tl.float32) * 2.98023223876953125e-08  # u (low) or t = 1 - u (high)
         w1 = 1.0 - a  # log1p(-t) = log(w1) + log1p(err / w1), err / w1 ~ err (2 - w1)
         err = (1.0 - w1) - a
-        lg = _log(tl.where(low, a, w1))
+        lg = _log_noise(tl.where(low, a, w1))
         e = tl.where(low, -lg, -(lg + err * (2.0 - w1)))
-        return -_log(e)
+        if FAST:
+            return -_log_fast(e)
+        else:
+            return -_log_noise(e)
 
     # The counter layout of the C++ kernel: chunk c of 64 flat elements f = 64 c + 16 w + l
     # takes word w of counter 16 c + l. A tile of CHUNKS chunks therefore calls Philox once
     # per counter and uses all four words, each for its own set of columns.
     @triton.jit
     def _tile(seed, base, c0, CHUNKS: tl.constexpr):
-        """Counters of chunks [c0, c0 + CHUNKS) of a row starting at flat index base: the
-        four words and the row-relative column of each word's element (int64)."""
-        i = tl.arange(0, CHUNKS * 16)
-        c = c0 + (i // 16).to(tl.int64)
-        lane = (i % 16).to(tl.int64)
-        r0, r1, r2, r3 = tl.randint4x(seed, c * 16 + lane)
-        col0 = c * 64 + lane - base
-        return r0, r1, r2, r3, col0
+        """Chunks [c0, c0 + CHUNKS) of a row starting at flat index base, as (CHUNKS, 16)
+        arrays: the four words of each counter, and the row-relative column of word 0's
+        element (int32; word w's is 16 w further). Columns run contiguously along the 16
+        lanes, so loads and stores of full tiles are vectorized."""
+        chunk = tl.arange(0, CHUNKS)[:, None]
+        lane = tl.arange(0, 16)[None, :]
+        r0, r1, r2, r3 = tl.randint4x(seed, (c0 + chunk).to(tl.int64) * 16 + lane)
+        start = (c0 * 64 - base).to(tl.int32)  # |start| < K + 64
+        return r0, r1, r2, r3, start + chunk * 64 + lane
+
+    @triton.jit
+    def _max(z):
+        return tl.max(tl.max(z, 1), 0)
+
+    @triton.jit
+    def _sum(z):
+        return tl.sum(tl.sum(z, 1), 0)
+
+    @triton.jit
+    def _min(z):
+        return tl.min(tl.min(z, 1), 0)
 
     @triton.jit
     def _chunk_range(base, K):
@@ -112,54 +168,137 @@ if triton is not None:
         return 1.0 / t
 
     @triton.jit
-    def _update(
-        x_ptr, z_ptr, base, K, r, col, inv_tau, m, s, best, best_idx, STORE_Z: tl.constexpr
-    ):
-        """Online max / rescaled sum / first arg max over one word's columns; with STORE_Z,
-        z = x + G is also written to z_ptr (float32), so the second pass need not draw the
-        noise again (the arg max kernel has no second pass)."""
-        mask = (col >= 0) & (col < K)
-        x = tl.load(x_ptr + base + col, mask=mask, other=float("-inf")).to(tl.float32)
-        z = tl.where(mask, x + _gumbel_word(r), float("-inf"))
-        if STORE_Z:
-            tl.store(z_ptr + base + col, z, mask=mask)
-        better = z > best  # strict: each lane keeps its first maximum (its columns increase)
-        best_idx = tl.where(better, col, best_idx)
-        best = tl.where(better, z, best)
-        m_new = tl.maximum(m, z)
-        finite = m_new > float("-inf")
-        scale = tl.where(finite, tl.exp((m - m_new) * inv_tau), 0.0)
-        p = tl.where(z > float("-inf"), tl.exp((z - m_new) * inv_tau), 0.0)
-        return m_new, s * scale + p, best, best_idx
+    def _z(x_row, K, r, col, FULL: tl.constexpr, FAST: tl.constexpr):
+        """z = x + G over one word's columns (-inf outside the row), in float32. FULL: every
+        column is inside the row (no masks: the loads can be vectorized)."""
+        if FULL:
+            inside = col >= 0
+            z = tl.load(x_row + col).to(tl.float32) + _gumbel_word(r, FAST)
+        else:
+            inside = (col >= 0) & (col < K)
+            x = tl.load(x_row + col, mask=inside, other=float("-inf")).to(tl.float32)
+            z = tl.where(inside, x + _gumbel_word(r, FAST), float("-inf"))
+        return z, inside
 
     @triton.jit
-    def _stats(x_ptr, z_ptr, row, K, seed, inv_tau, CHUNKS: tl.constexpr, STORE_Z: tl.constexpr):
-        """Max, softmax normalizer and first arg max of z = x + G over a row."""
-        base = row * K
-        m = tl.full((CHUNKS * 16,), float("-inf"), tl.float32)
-        s = tl.zeros((CHUNKS * 16,), tl.float32)
-        best = tl.full((CHUNKS * 16,), float("-inf"), tl.float32)
-        best_idx = tl.zeros((CHUNKS * 16,), tl.int64)
+    def _shift(m):
+        """The max to subtract: m, or 0 where m = -inf (an all -inf stretch), so that
+        exp((z - shift) / tau) is exp(-inf) = 0, never NaN, for z = -inf."""
+        return tl.where(m > float("-inf"), m, 0.0)
+
+    @triton.jit
+    def _exp(z, shift, inv_tau):
+        return tl.exp((z - shift) * inv_tau)
+
+    @triton.jit
+    def _first(z, col, top):
+        """Smallest column whose z equals top (the first arg max)."""
+        return _min(tl.where(z == top, col, 2147483647))
+
+    @triton.jit
+    def _put(row, col, value, inside, FULL: tl.constexpr):
+        if FULL:
+            tl.store(row + col, value.to(row.dtype.element_ty))
+        else:
+            tl.store(row + col, value.to(row.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _put_hard(h_row, col, index, inside, FULL: tl.constexpr):
+        _put(h_row, col, tl.where(col == index, 1.0, 0.0), inside, FULL)
+
+    @triton.jit
+    def _flag_invalid(status_ptr, total):
+        """Mark the call invalid when a row's normalizer is not in [1, inf): every term
+        exp((z - max) / tau) is at most 1 and the max's is 1, so only a NaN logit (NaN sum),
+        +inf (inf - inf = NaN), a fully masked row (sum 0) or x + G overflowing gets here. The
+        input check is thus fused into the kernel instead of a separate pass over the logits."""
+        if not ((total >= 1.0) & (total < float("inf"))):
+            tl.atomic_or(status_ptr, 1)
+
+    @triton.jit
+    def _forward_single(
+        x_row, y_row, h_row, status_ptr, seed, base, K, inv_tau, HARD, CHUNKS, FULL, FAST
+    ):
+        """The whole row in registers: noise, max, sum, write; x read once, y written once."""
+        r0, r1, r2, r3, col = _tile(seed, base, base // 64, CHUNKS)
+        z0, i0 = _z(x_row, K, r0, col, FULL, FAST)
+        z1, i1 = _z(x_row, K, r1, col + 16, FULL, FAST)
+        z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST)
+        z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST)
+        m = tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+        shift = _shift(m)
+        e0 = _exp(z0, shift, inv_tau)
+        e1 = _exp(z1, shift, inv_tau)
+        e2 = _exp(z2, shift, inv_tau)
+        e3 = _exp(z3, shift, inv_tau)
+        total = _sum(e0) + _sum(e1) + _sum(e2) + _sum(e3)
+        _flag_invalid(status_ptr, total)
+        inv_total = 1.0 / total
+        _put(y_row, col, e0 * inv_total, i0, FULL)
+        _put(y_row, col + 16, e1 * inv_total, i1, FULL)
+        _put(y_row, col + 32, e2 * inv_total, i2, FULL)
+        _put(y_row, col + 48, e3 * inv_total, i3, FULL)
+        if HARD:
+            index = tl.minimum(
+                tl.minimum(_first(z0, col, m), _first(z1, col + 16, m)),
+                tl.minimum(_first(z2, col + 32, m), _first(z3, col + 48, m)),
+            )
+            _put_hard(h_row, col, index, i0, FULL)
+            _put_hard(h_row, col + 16, index, i1, FULL)
+            _put_hard(h_row, col + 32, index, i2, FULL)
+            _put_hard(h_row, col + 48, index, i3, FULL)
+
+    @triton.jit
+    def _forward_tiled(
+        x_row, y_row, z_row, h_row, status_ptr, seed, base, K, inv_tau, HARD, CHUNKS, FULL, FAST
+    ):
+        """Rows longer than a tile: pass 1 writes z = x + G (float32) and keeps the running
+        max m and sum s = sum exp((z - m) / tau), rescaled once per tile (one exp an element);
+        pass 2 reads z back and writes y."""
         first, count = _chunk_range(base, K)
+        m = float("-inf")
+        s = 0.0
+        index = 0
         for t in range(0, count, CHUNKS):
             r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
-            m, s, best, best_idx = _update(
-                x_ptr, z_ptr, base, K, r0, col, inv_tau, m, s, best, best_idx, STORE_Z
+            z0, i0 = _z(x_row, K, r0, col, FULL, FAST)
+            z1, i1 = _z(x_row, K, r1, col + 16, FULL, FAST)
+            z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST)
+            z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST)
+            _put(z_row, col, z0, i0, FULL)
+            _put(z_row, col + 16, z1, i1, FULL)
+            _put(z_row, col + 32, z2, i2, FULL)
+            _put(z_row, col + 48, z3, i3, FULL)
+            top = tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+            if HARD:
+                # strictly greater: an earlier tile keeps a tie (its columns come first)
+                if top > m:
+                    index = tl.minimum(
+                        tl.minimum(_first(z0, col, top), _first(z1, col + 16, top)),
+                        tl.minimum(_first(z2, col + 32, top), _first(z3, col + 48, top)),
+                    )
+            m_new = tl.maximum(m, top)
+            shift = _shift(m_new)
+            tile = (
+                _sum(_exp(z0, shift, inv_tau))
+                + _sum(_exp(z1, shift, inv_tau))
+                + _sum(_exp(z2, shift, inv_tau))
+                + _sum(_exp(z3, shift, inv_tau))
             )
-            m, s, best, best_idx = _update(
-                x_ptr, z_ptr, base, K, r1, col + 16, inv_tau, m, s, best, best_idx, STORE_Z
-            )
-            m, s, best, best_idx = _update(
-                x_ptr, z_ptr, base, K, r2, col + 32, inv_tau, m, s, best, best_idx, STORE_Z
-            )
-            m, s, best, best_idx = _update(
-                x_ptr, z_ptr, base, K, r3, col + 48, inv_tau, m, s, best, best_idx, STORE_Z
-            )
-        row_max = tl.max(m, 0)
-        total = tl.sum(tl.where(m > float("-inf"), s * tl.exp((m - row_max) * inv_tau), 0.0), 0)
-        top = tl.max(best, 0)
-        index = tl.min(tl.where(best == top, best_idx, 9223372036854775807), 0)
-        return row_max, total, index
+            s = s * _exp(m, shift, inv_tau) + tile
+            m = m_new
+        _flag_invalid(status_ptr, s)
+        inv_total = 1.0 / s
+        shift = _shift(m)
+        # Other threads of this program wrote those z entries: the barrier makes them visible.
+        tl.debug_barrier()
+        for start in range(0, K, CHUNKS * 64):
+            col = start + tl.arange(0, CHUNKS * 64)
+            inside = col < K
+            z = tl.load(z_row + col, mask=inside, other=float("-inf"))
+            _put(y_row, col, _exp(z, shift, inv_tau) * inv_total, inside, False)
+            if HARD:
+                _put_hard(h_row, col, index, inside, False)
 
     @triton.jit
     def _forward_kernel(
@@ -167,6 +306,7 @@ if triton is not None:
         y_ptr,
         z_ptr,
         hard_ptr,
+        status_ptr,
         seed_ptr,
         tau_rows_ptr,
         tau,
@@ -174,32 +314,68 @@ if triton is not None:
         HAS_TAU_ROWS: tl.constexpr,
         HARD: tl.constexpr,
         CHUNKS: tl.constexpr,
+        SINGLE: tl.constexpr,
+        FULL: tl.constexpr,
+        FAST: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
         inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
-        row_max, total, index = _stats(x_ptr, z_ptr, row, K, seed, inv_tau, CHUNKS, True)
-        inv_total = 1.0 / total
         base = row * K
-        # z_ptr holds z = x + G in float32 (the output itself for float32, a scratch buffer for
-        # 16-bit outputs): one more pass over it, no noise drawn again. Other threads of this
-        # program wrote those entries: the barrier makes them visible.
-        tl.debug_barrier()
-        for start in range(0, K, CHUNKS * 64):
-            col = start + tl.arange(0, CHUNKS * 64)
-            mask = col < K
-            z = tl.load(z_ptr + base + col, mask=mask, other=float("-inf"))
-            y = tl.where(z > float("-inf"), tl.exp((z - row_max) * inv_tau), 0.0) * inv_total
-            tl.store(y_ptr + base + col, y.to(y_ptr.dtype.element_ty), mask=mask)
-            if HARD:
-                one_hot = tl.where(col == index, 1.0, 0.0)
-                tl.store(hard_ptr + base + col, one_hot.to(hard_ptr.dtype.element_ty), mask=mask)
+        if SINGLE:
+            _forward_single(
+                x_ptr + base,
+                y_ptr + base,
+                hard_ptr + base,
+                status_ptr,
+                seed,
+                base,
+                K,
+                inv_tau,
+                HARD,
+                CHUNKS,
+                FULL,
+                FAST,
+            )
+        else:
+            _forward_tiled(
+                x_ptr + base,
+                y_ptr + base,
+                z_ptr + base,
+                hard_ptr + base,
+                status_ptr,
+                seed,
+                base,
+                K,
+                inv_tau,
+                HARD,
+                CHUNKS,
+                FULL,
+                FAST,
+            )
 
     @triton.jit
     def _argmax_kernel(x_ptr, index_ptr, seed_ptr, K, CHUNKS: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
-        _, _, index = _stats(x_ptr, x_ptr, row, K, seed, 1.0, CHUNKS, False)
+        base = row * K
+        x_row = x_ptr + base
+        first, count = _chunk_range(base, K)
+        best = float("-inf")
+        index = 0
+        for t in range(0, count, CHUNKS):
+            r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
+            z0, _ = _z(x_row, K, r0, col, False, False)
+            z1, _ = _z(x_row, K, r1, col + 16, False, False)
+            z2, _ = _z(x_row, K, r2, col + 32, False, False)
+            z3, _ = _z(x_row, K, r3, col + 48, False, False)
+            top = tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+            if top > best:
+                index = tl.minimum(
+                    tl.minimum(_first(z0, col, top), _first(z1, col + 16, top)),
+                    tl.minimum(_first(z2, col + 32, top), _first(z3, col + 48, top)),
+                )
+                best = top
         tl.store(index_ptr + row, index.to(tl.int64))
 
     @triton.jit
@@ -282,11 +458,19 @@ def _block(cols: int) -> int:
 
 
 def _chunks(cols: int) -> int:
-    """Forward, noise, arg max: 64-column chunks per tile (a row spans cols / 64 + 2 at most),
-    a power of 2 up to 64 (4096 columns a tile) or 2 in the interpreter."""
-    limit = 2 if interpreter() else 64
+    """Tiled forward, noise, arg max: 64-column chunks per tile, a power of 2 up to
+    TUNING["chunks"] (or 2 in the interpreter)."""
+    limit = 2 if interpreter() else TUNING["chunks"]
     need = (max(cols, 1) + 63) // 64 + 1
     return min(1 << (need - 1).bit_length(), limit)
+
+
+def _single_chunks(cols: int) -> int:
+    """Chunks (a power of 2) that cover any row of ``cols`` columns in one tile: cols / 64
+    when rows start on a chunk boundary (cols a multiple of 64), else one more than the most
+    chunks a row can straddle."""
+    need = cols // 64 if cols % 64 == 0 else cols // 64 + 2
+    return 1 << (max(need, 1) - 1).bit_length()
 
 
 def _launch(kernel: Any, rows: int) -> Any:
@@ -294,9 +478,51 @@ def _launch(kernel: Any, rows: int) -> Any:
     return kernel[(rows,)]
 
 
+# Launch parameters, chosen with `python benchmarks/ops_gpu.py --sweep` on an H100 (numbers
+# in benchmarks/RESULTS.md, "Ops on a GPU"). Rows up to `single_cols` columns are held in
+# registers whole, about `single_elems_per_thread` elements a thread but at most
+# `single_max_warps` warps: the forward reads x once and writes y once. Longer rows take two
+# passes over tiles of `chunks` 64-column chunks with `warps` warps, keeping z = x + G in a
+# float32 buffer between them.
+TUNING: Dict[str, Any] = {
+    "single_cols": 32768,
+    "single_elems_per_thread": 32,
+    "single_max_warps": 32,
+    "chunks": 256,
+    "warps": 16,
+    "fast_log": "16-bit",
+}
+
+
 def _warps(elements: int) -> int:
-    # Measured on an H200 (benchmarks/ops_gpu.py): 8 warps for 4096 to 32768 columns.
+    """Backward, noise, arg max: 8 warps from 1024 elements a block up (H200)."""
     return 4 if elements <= 1024 else 8
+
+
+def _fast_log(dtype: torch.dtype) -> bool:
+    """Whether the forward takes the outer log of the noise, -log(E), by the hardware
+    approximation (MUFU.LG2: within 2^-21.4 absolute for E in [1/2, 2], 3 ulp elsewhere)
+    instead of libdevice's correctly rounded one. "16-bit" (the default): for float16 and
+    bfloat16 outputs only, where that error is far below half an ulp of the result (2^-9 or
+    2^-12 relative, against 2^-21.4 / tau); float32 outputs keep the exact noise of the C++
+    kernel. The noise operator (``gumbel_noise``) always uses the exact log."""
+    mode = TUNING["fast_log"]
+    return mode == "always" or (mode == "16-bit" and dtype != torch.float32)
+
+
+def _forward_plan(cols: int) -> Tuple[bool, int, bool, int]:
+    """(single pass?, chunks, full tiles?, warps) for the forward. Full: every tile lies
+    inside its row (rows start on a chunk and hold a whole number of tiles), so no masks."""
+    limit = 128 if interpreter() else TUNING["single_cols"]
+    if cols <= limit:
+        chunks = _single_chunks(cols)
+        elements = 64 * chunks
+        per_thread = TUNING["single_elems_per_thread"]
+        warps = max(4, min(TUNING["single_max_warps"], elements // (32 * per_thread)))
+        return True, chunks, cols == elements, warps
+    chunks = _chunks(cols)
+    warps = 4 if 64 * chunks <= 1024 else TUNING["warps"]
+    return False, chunks, cols % (64 * chunks) == 0, warps
 
 
 def _check(x: Tensor) -> None:
@@ -316,16 +542,18 @@ def forward(
     y = torch.empty_like(x)
     one_hot = torch.empty_like(x) if hard else None
     if x.numel() > 0:
-        # z = x + G between the two passes, in float32: the output itself when it is float32,
-        # else a scratch buffer (2 logits-sized units for 16-bit logits), cheaper than drawing
-        # the noise a second time.
-        z = y if y.dtype == torch.float32 else torch.empty_like(x, dtype=torch.float32)
-        chunks = _chunks(cols)
+        single, chunks, full, warps = _forward_plan(cols)
+        # Long rows keep z = x + G in float32 between the two passes: the output itself when
+        # it is float32, else a scratch buffer (2 logits-sized units for 16-bit logits),
+        # cheaper than drawing the noise a second time.
+        z = y if single or y.dtype == torch.float32 else torch.empty_like(x, dtype=torch.float32)
+        status = torch.zeros((1,), dtype=torch.int32, device=x.device)
         _launch(_forward_kernel, rows)(
             x,
             y,
             z,
             one_hot if hard else y,
+            status,
             seed,
             tau_rows if tau_rows is not None else y,
             float(tau),
@@ -333,9 +561,26 @@ def forward(
             HAS_TAU_ROWS=tau_rows is not None,
             HARD=hard,
             CHUNKS=chunks,
-            num_warps=_warps(64 * chunks),
+            SINGLE=single,
+            FULL=full,
+            FAST=_fast_log(x.dtype),
+            num_warps=warps,
         )
+        _raise_if_invalid(status, x)
     return one_hot, y
+
+
+def _raise_if_invalid(status: Tensor, x: Tensor) -> None:
+    """The logits check, from the kernel's flag: one read of a flag after the kernel instead of
+    a pass over the logits and a sync before it. Skipped where checks are off
+    (``set_validate_args(False)``) and while a CUDA graph is captured (no sync allowed)."""
+    if not validate_args_enabled() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if int(status.item()) != 0:
+        check_logits(x, dim=-1)  # names the rule the logits break
+        raise ValueError(
+            f"logits: x + G overflowed in some row (logits too large in magnitude for {x.dtype})"
+        )
 
 
 def backward(
