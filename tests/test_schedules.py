@@ -1,14 +1,20 @@
 """Temperature schedules: Constant, ExponentialDecay (Jang et al., 2016), LearnedTemperature,
-as_schedule, and their argument checks."""
+as_schedule, their argument checks, and the step counter they read (a saved buffer with a
+host-side mirror, so that reading a schedule does not synchronise with a GPU)."""
 
 from __future__ import annotations
 
+import io
 import math
+import pickle
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import discograd.nn as dnn
+from discograd import estimators
 from discograd.schedules import Constant, ExponentialDecay, LearnedTemperature, as_schedule
 
 
@@ -120,3 +126,95 @@ def test_as_schedule_wraps_values_and_passes_callables_through():
         as_schedule(0.0)
     with pytest.raises(TypeError, match="tau"):
         as_schedule("hot")
+
+
+# ---------------------------------------------------------------------------------------------
+# The step counter schedules read: a buffer (saved) with a host-side int mirror (read).
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts tensor -> Python number reads (``aten._local_scalar_dense``: what ``int(t)`` and
+    ``t.item()`` run), each a device-to-host copy and synchronisation on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _harmonic(step: int) -> float:
+    return 1.0 / (1 + step)  # a new temperature at every step
+
+
+_COUNTED = {
+    "estimator": lambda: estimators.get("gumbel-softmax", tau=_harmonic),
+    "layer": lambda: dnn.GumbelSoftmax(tau=_harmonic),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_COUNTED))
+def test_schedule_follows_the_steps_through_a_checkpoint(kind):
+    module = _COUNTED[kind]()
+    for k in range(5):
+        assert module.temperature() == _harmonic(k)
+        module.step()
+    assert int(module.num_steps) == 5 and module.step_count == 5
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    buf.seek(0)
+    fresh = _COUNTED[kind]()
+    fresh.temperature()  # a fresh module's mirror, in use, must still be replaced by the load
+    fresh.load_state_dict(torch.load(buf))
+    assert fresh.temperature() == _harmonic(5)
+    fresh.step()
+    assert fresh.temperature() == _harmonic(6) and int(fresh.num_steps) == 6
+    # Loading into a module that has run ahead goes back to the checkpoint's count.
+    fresh.load_state_dict({"num_steps": torch.tensor(2)})  # the format every version saved
+    assert fresh.temperature() == _harmonic(2) and fresh.step_count == 2
+    # Loading through a parent module reaches the counter too.
+    parent = nn.Sequential(_COUNTED[kind]())
+    parent.load_state_dict({"0.num_steps": torch.tensor(9)})
+    assert parent[0].temperature() == _harmonic(9)
+
+
+@pytest.mark.parametrize("kind", sorted(_COUNTED))
+def test_schedule_reads_the_host_mirror_not_the_buffer(kind):
+    """No device sync per step: after the one read that follows a load, stepping and reading
+    the temperature never turn the counter tensor into a Python int."""
+    module = _COUNTED[kind]()
+    module.load_state_dict({"num_steps": torch.tensor(3)})
+    with _HostReads() as reads:
+        taus = []
+        for _ in range(10):
+            taus.append(module.temperature())
+            module.step()
+    assert taus == [_harmonic(k) for k in range(3, 13)]
+    assert reads.count == 1  # the lazy re-read after load_state_dict, then none
+    with _HostReads() as reads:
+        module.temperature()
+        module.step()
+    assert reads.count == 0
+    # Hence writes into the buffer behind the module's back are not seen (documented): the
+    # supported ways to set the count are load_state_dict and assigning a new tensor.
+    with torch.no_grad():
+        module.num_steps.fill_(1000)
+    assert module.temperature() == _harmonic(14)
+    module.num_steps = torch.tensor(20)
+    assert module.temperature() == _harmonic(20)
+    module.step()
+    assert module.temperature() == _harmonic(21) and int(module.num_steps) == 21
+
+
+def test_step_counter_moves_with_the_module():
+    module = dnn.GumbelSoftmax(tau=_harmonic)
+    module.step()
+    moved = module.to(torch.float64)  # buffers keep their value; the mirror stays valid
+    assert moved.temperature() == _harmonic(1) and moved.num_steps.dtype == torch.long
+    copy = pickle.loads(pickle.dumps(module))
+    copy.step()
+    assert copy.temperature() == _harmonic(2) and int(copy.num_steps) == 2
+    assert module.temperature() == _harmonic(1)

@@ -11,6 +11,10 @@ from torch import nn
 from discograd import estimators
 from discograd.estimators import ARM, REBAR, RELAX, DisARM, Reinforce
 from discograd.ops import gumbel_noise
+from tests.finite_differences import (
+    assert_cv_grad_matches_finite_differences,
+    misscaled_cv_training,
+)
 from tests.problems import bernoulli_problems, categorical_problems, rebar_toy
 from tests.stats import assert_mean_close, exact_grad, grad_draws, mean_is_close
 
@@ -272,33 +276,27 @@ def test_variance_training_leaves_logits_and_f_gradients_alone(make):
     assert torch.allclose(grads[True], grads[False], rtol=1e-12, atol=0)
 
 
+def _check_cv_gradient(name, cls=REBAR):
+    problem = CATEGORICAL[1]
+    assert_cv_grad_matches_finite_differences(
+        lambda: _rebar(cls, n_samples=3),
+        name,
+        lambda est, logits: est(problem.f, logits, generator=torch.Generator().manual_seed(9)),
+        problem.logits.unsqueeze(0).expand(4, -1, -1),
+    )
+
+
 @pytest.mark.parametrize("name", ["eta", "log_temperature"])
 def test_cv_gradient_is_the_derivative_of_the_squared_estimate(name):
     """phi.grad after surrogate.mean().backward() equals d(sum g^2)/d phi, checked by central
     differences at the same random draws."""
-    problem = CATEGORICAL[1]
-    logits0 = problem.logits.unsqueeze(0).expand(4, -1, -1)
+    _check_cv_gradient(name)
 
-    def run(shift, train):
-        est = _rebar(n_samples=3)
-        with torch.no_grad():
-            getattr(est, name).add_(shift)
-        est.train_cv = train
-        logits = logits0.clone().requires_grad_(True)
-        out = est(problem.f, logits, generator=torch.Generator().manual_seed(9))
-        return est, logits, out
 
-    est, _, out = run(0.0, True)
-    out.mean().backward()
-    h = 1e-5
-    sq = []
-    for shift in (h, -h):
-        _, logits, out = run(shift, False)
-        (g,) = torch.autograd.grad(out.sum(), logits)
-        sq.append(g.square().sum())
-    fd = (sq[0] - sq[1]) / (2 * h)
-    assert abs(fd) > 1e-3
-    assert torch.allclose(getattr(est, name).grad, fd, rtol=1e-5)
+@pytest.mark.parametrize("factor", [-1.0, 1.001])
+def test_cv_gradient_check_rejects_a_misscaled_training_term(factor):
+    with pytest.raises(AssertionError, match="central difference"):
+        _check_cv_gradient("eta", misscaled_cv_training(REBAR, factor))
 
 
 def _variance_with_se(draws):

@@ -11,6 +11,10 @@ from scipy import stats
 from torch import nn
 
 from discograd.estimators import REBAR, RELAX
+from tests.finite_differences import (
+    assert_cv_grad_matches_finite_differences,
+    misscaled_cv_training,
+)
 from tests.problems import bernoulli_problems, rebar_toy
 from tests.stats import assert_mean_close, exact_grad, grad_draws, ks_pvalue, mean_is_close
 
@@ -261,34 +265,28 @@ def test_cost_in_evaluations_and_value(make, rows):
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def _check_cv_gradient(name, cls=REBAR):
+    problem = bernoulli_problems()[1]
+    assert_cv_grad_matches_finite_differences(
+        lambda: _rebar(cls, n_samples=3),
+        name,
+        lambda est, logits: est(problem.f, logits, distribution="bernoulli",
+                                generator=torch.Generator().manual_seed(9)),
+        problem.logits.unsqueeze(0).expand(4, -1),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("name", ["eta", "log_temperature"])
 def test_cv_gradient_is_the_derivative_of_the_squared_estimate(name):
     """With the tie, c is evaluated once; phi.grad after surrogate.mean().backward() must still
     be d(sum g^2)/d phi, checked by central differences at the same random draws."""
-    problem = bernoulli_problems()[1]
-    logits0 = problem.logits.unsqueeze(0).expand(4, -1)
+    _check_cv_gradient(name)
 
-    def run(shift, train):
-        est = _rebar(n_samples=3)
-        with torch.no_grad():
-            getattr(est, name).add_(shift)
-        est.train_cv = train
-        logits = logits0.clone().requires_grad_(True)
-        out = est(problem.f, logits, distribution="bernoulli",
-                  generator=torch.Generator().manual_seed(9))
-        return est, logits, out
 
-    est, _, out = run(0.0, True)
-    out.mean().backward()
-    h = 1e-5
-    sq = []
-    for shift in (h, -h):
-        _, logits, out = run(shift, False)
-        (g,) = torch.autograd.grad(out.sum(), logits)
-        sq.append(g.square().sum())
-    fd = (sq[0] - sq[1]) / (2 * h)
-    assert abs(fd) > 1e-3
-    assert torch.allclose(getattr(est, name).grad, fd, rtol=1e-5)
+@pytest.mark.parametrize("factor", [-1.0, 1.001])
+def test_cv_gradient_check_rejects_a_misscaled_training_term(factor):
+    with pytest.raises(AssertionError, match="central difference"):
+        _check_cv_gradient("log_temperature", misscaled_cv_training(REBAR, factor))
 
 
 @pytest.mark.parametrize("coupling", COUPLINGS)

@@ -17,7 +17,7 @@ tensor holds both the estimate and the gradient.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -78,24 +78,76 @@ def get(name: Union[str, Estimator], **options) -> Estimator:
     return cls(**options)
 
 
-class Estimator(nn.Module):
+class StepCounter(nn.Module):
+    """A module with the step counter that temperature schedules read (estimators, layers).
+
+    The count is kept twice. The buffer ``num_steps`` is the saved state: it is in
+    ``state_dict`` (checkpoints resume their schedule, old checkpoints load unchanged) and moves
+    with ``.to()``. A Python ``int`` mirror of it, :attr:`step_count`, is what schedules read:
+    ``int(num_steps)`` of a tensor on a GPU is a device-to-host copy that waits for every queued
+    kernel, and a schedule read at each call would stall the training loop once per step.
+
+    :meth:`step` advances both. The mirror is re-read from the buffer, once and lazily, after
+    ``load_state_dict`` and after ``num_steps`` is assigned a new tensor; those (and
+    :meth:`step`) are the supported ways to change the count. Writes into the buffer behind the
+    module's back (``num_steps.fill_(...)``, ``num_steps.copy_(...)``) are not seen. Code traced
+    by ``torch.compile`` reads the buffer instead (a changing int attribute would recompile).
+    """
+
+    num_steps: Tensor  # the step counter buffer registered below
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        # The host mirror of num_steps; None: stale, read the buffer at the next use.
+        self._step_count: Optional[int] = 0
+
+    @property
+    def step_count(self) -> int:
+        """The number of :meth:`step` calls so far (``num_steps`` as a host-side int)."""
+        if torch.compiler.is_compiling():
+            # torch.compile guards on a module's int attributes: the mirror, new at every step,
+            # would recompile the graph at every step. Traced code reads the buffer as before.
+            return int(self.num_steps)
+        if self._step_count is None:
+            self._step_count = int(self.num_steps)  # one sync after a load, not one per step
+        return self._step_count
+
+    def step(self) -> None:
+        """Advance the step counter that schedules (temperatures) read; call once per update."""
+        count = self.step_count  # before the buffer changes: a stale mirror reads the old value
+        # In place: `+=` would also re-assign the buffer through nn.Module.__setattr__.
+        self.num_steps.add_(1)
+        self._step_count = count + 1
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "num_steps":  # a new counter tensor: its value is read at the next use
+            self.__dict__["_step_count"] = None
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # The loaded buffer is the truth (also when its key was missing: then it is unchanged).
+        self._step_count = None
+
+
+class Estimator(StepCounter):
     """Base class: subclasses implement :meth:`estimate`.
 
     Class attributes document the estimator and are checked by the tests: ``distributions``
     (which inputs it accepts), ``unbiased`` and ``evaluations`` (evaluations of f per call, for
-    n_samples = 1).
+    n_samples = 1). The step counter (``num_steps``, :meth:`step`) comes from
+    :class:`StepCounter`.
     """
 
     name: ClassVar[str] = ""
     distributions: ClassVar[Tuple[str, ...]] = ("categorical", "bernoulli")
     unbiased: ClassVar[bool] = False
     evaluations: ClassVar[str] = "1"
-    num_steps: Tensor  # the step counter buffer registered below
-
-    def __init__(self) -> None:
-        super().__init__()
-        # A buffer, so schedules resume where they left off when a checkpoint is loaded.
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
     def forward(
         self,
@@ -112,11 +164,6 @@ class Estimator(nn.Module):
 
     def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
         raise NotImplementedError
-
-    def step(self) -> None:
-        """Advance the step counter that schedules (temperatures) read; call once per update."""
-        # In place: `+=` would also re-assign the buffer through nn.Module.__setattr__.
-        self.num_steps.add_(1)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
@@ -138,8 +185,8 @@ class Relaxed(Estimator):
         return self.schedule if "schedule" in self._modules else self._schedule
 
     def temperature(self) -> Union[float, Tensor]:
-        """The temperature for the current step."""
-        return self.tau_schedule(int(self.num_steps))
+        """The temperature for the current step (read from the host-side step count: no sync)."""
+        return self.tau_schedule(self.step_count)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ r"""The Gumbel-softmax sampler as a layer, with its temperature as module state.
 
 with :math:`\tau_t` a float, a tensor (a buffer; an ``nn.Parameter`` to learn it directly), or a
 schedule from :mod:`discograd.schedules` read at the module's step count ``num_steps`` (a
-buffer, so it survives ``state_dict`` round trips). ``hard=True`` gives the exact one-hot
+buffer, so it survives ``state_dict`` round trips; the schedule reads its host-side mirror, so a
+step on a GPU does not wait for a device-to-host copy, see
+:class:`~discograd.estimators.base.StepCounter`). ``hard=True`` gives the exact one-hot
 :math:`\mathrm{onehot}(\arg\max(\theta + G))` forward and the gradient of y backward
 (straight-through Gumbel-softmax). Eager calls go through :func:`discograd.gumbel_softmax`
 (generator support, ``-inf`` masks, fast kernels where available).
@@ -27,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from discograd._validation import check_tau
+from discograd.estimators.base import StepCounter
 from discograd.ops import gumbel_softmax
 from discograd.schedules import Schedule
 
@@ -35,7 +38,7 @@ __all__ = ["GumbelSoftmax", "ScriptedGumbelSoftmax"]
 TauArg = Union[float, Tensor, Schedule]
 
 
-class GumbelSoftmax(nn.Module):
+class GumbelSoftmax(StepCounter):
     r"""Relaxed one-hot samples :math:`\mathrm{softmax}((\theta + G)/\tau)` along ``dim``.
 
     Args:
@@ -48,10 +51,10 @@ class GumbelSoftmax(nn.Module):
         dim: the category dimension.
 
     ``forward(logits, generator=None)``: logits (..., K, ...) -> samples of the same shape and
-    dtype. Call :meth:`step` once per optimizer step to advance a schedule.
+    dtype. Call :meth:`step` once per optimizer step to advance a schedule (the step counter
+    ``num_steps`` and its host-side mirror come from
+    :class:`~discograd.estimators.base.StepCounter`; restore it with ``load_state_dict``).
     """
-
-    num_steps: Tensor
 
     def __init__(self, tau: TauArg = 1.0, hard: bool = False, dim: int = -1) -> None:
         super().__init__()
@@ -60,7 +63,6 @@ class GumbelSoftmax(nn.Module):
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise ValueError(f"dim must be an int, got {type(dim).__name__}")
         self.hard, self.dim = hard, dim
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self._schedule: Optional[Schedule] = None
         self._tau_float: Optional[float] = None
         if isinstance(tau, nn.Parameter):
@@ -88,15 +90,11 @@ class GumbelSoftmax(nn.Module):
         if "tau" in self._parameters or "tau" in self._buffers:
             return self.tau
         if "schedule" in self._modules:
-            return self.schedule(int(self.num_steps))
+            return self.schedule(self.step_count)  # the host mirror: no device sync
         if self._schedule is not None:
-            return self._schedule(int(self.num_steps))
+            return self._schedule(self.step_count)
         assert self._tau_float is not None
         return self._tau_float
-
-    def step(self) -> None:
-        """Advance the step counter the temperature schedule reads; call once per update."""
-        self.num_steps += 1
 
     def forward(self, logits: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return gumbel_softmax(
