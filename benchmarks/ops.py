@@ -14,7 +14,10 @@ profiler's allocation events), above what existed before. The memory-traffic flo
 time to move the bytes that forward + backward must move at the copy bandwidth measured in
 the same run: read x, write y (forward), read the incoming gradient and y, write the logits'
 gradient (backward): 5 tensors, i.e. 2.5 copies; a copy is timed as ``clone()`` of the logits
-(a fresh allocation, like the outputs of every contender).
+(a fresh allocation, like the outputs of every contender). The notes under the tables also give
+the warm copy (``copy_`` into a buffer allocated once): the gap between the two is the cost of
+first-touch page faults on fresh memory, large for tensors of 32 MiB or more, which glibc maps
+afresh on every allocation.
 
 Run: ``python benchmarks/ops.py [--quick] [--write]``; ``--write`` replaces the section
 "## Ops (Gumbel-softmax kernels)" of benchmarks/RESULTS.md.
@@ -116,11 +119,15 @@ def bench_shape(
     names = list(CONTENDERS)
     for name in names:  # warm up (first calls build, load and allocate)
         step(CONTENDERS[name], x, grad)
-    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in names + ["copy"]}
+    buffer = torch.empty_like(x)
+    buffer.copy_(x.detach())  # touched once: the warm copy pays no page faults
+    copies = ["copy", "warm_copy"]
+    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in names + copies}
     for _ in range(rounds):
         for name in names:
             times[name].append(timed(lambda name=name: step(CONTENDERS[name], x, grad)))
         times["copy"].append(timed(lambda: x.detach().clone()))
+        times["warm_copy"].append(timed(lambda: buffer.copy_(x.detach())))
 
     def median_ms(name: str, which: int, scale: float = 1.0) -> float:
         return scale * statistics.median(t[which] for t in times[name]) * 1e3
@@ -133,7 +140,26 @@ def bench_shape(
             "peak_mb": peak_bytes(CONTENDERS[name], x, grad) / 2**20,
         }
     out["floor"] = {"ms": median_ms("copy", 0, 2.5), "cpu_ms": median_ms("copy", 1, 2.5)}
+    out["copy"] = {"ms": median_ms("copy", 0), "cpu_ms": median_ms("copy", 1)}
+    out["warm_copy"] = {"ms": median_ms("warm_copy", 0), "cpu_ms": median_ms("warm_copy", 1)}
+    out["copy"]["bytes"] = out["warm_copy"]["bytes"] = 2.0 * x.numel() * x.element_size()
     return out
+
+
+def copy_notes(rows: List[Tuple[str, str, Dict[str, Dict[str, float]]]]) -> List[str]:
+    """One line per shape: fresh clone() against a warm copy_ (wall-clock), and what the floor
+    would be at the warm bandwidth."""
+    lines = []
+    for shape, dtype, r in rows:
+        fresh, warm = r["copy"]["ms"], r["warm_copy"]["ms"]
+        gbs = r["copy"]["bytes"] / 1e6  # bytes read + written, per ms -> GB/s
+        lines.append(
+            f"- copy {shape} {dtype}: clone() (fresh) {fresh:.2f} ms = {gbs / fresh:.1f} GB/s, "
+            f"copy_ (warm) {warm:.2f} ms = {gbs / warm:.1f} GB/s; floor {2.5 * fresh:.2f} ms, "
+            f"of which page faults ~{2.5 * max(fresh - warm, 0.0):.2f} ms; "
+            f"dg / warm floor {r['discograd']['ms'] / (2.5 * warm):.1f}x"
+        )
+    return lines
 
 
 def machine() -> str:
@@ -246,6 +272,13 @@ def main() -> None:
             f"### {threads} thread{plural}: process CPU time (less sensitive to other load)",
             "",
             table(rows, "cpu_ms"),
+            "",
+        ]
+        parts += [
+            f"Copy bandwidth, {threads} thread{plural} (bytes read + written over wall-clock; "
+            "the floor uses the fresh clone(), like the contenders' outputs):",
+            "",
+            *copy_notes(rows),
             "",
         ]
         if key_row is not None:

@@ -32,7 +32,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -45,6 +44,10 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#endif
+
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 #define DG_INLINE inline __attribute__((always_inline))
@@ -377,22 +380,55 @@ DG_INLINE void fill_chunk(uint64_t b, uint64_t f0, uint64_t f1, acc_t* out, Seed
   std::memcpy(out + (lo - f0), tmp + (lo - start), (hi - lo) * sizeof(acc_t));
 }
 
+struct NoPrefetch {
+  DG_INLINE void operator()(uint64_t, uint64_t) const {}
+};
+
 // Noise of the flat elements [f0, f1) into out[0, f1 - f0): whole batches of chunks straight
-// to the output, the partial chunks at either end through a buffer.
-template <typename Isa, typename acc_t>
-DG_INLINE void fill_noise(uint64_t f0, uint64_t f1, acc_t* out, Seed seed) {
+// to the output, the partial chunks at either end through a buffer. `prefetch(lo, hi)` is
+// called once per batch with the batch's elements, so callers can spread the prefetches of
+// what they will read next over the (compute-bound) noise generation.
+template <typename Isa, typename acc_t, typename Prefetch = NoPrefetch>
+DG_INLINE void fill_noise(uint64_t f0, uint64_t f1, acc_t* out, Seed seed,
+                          const Prefetch& prefetch = Prefetch()) {
   using P = Philox<Isa>;
   constexpr uint64_t W = NoiseChunk<acc_t>::kWidth;
   constexpr int C = P::kChunks;
   uint32_t w[4][P::kVectors * P::kWidth];
   if (f1 <= f0) return;
   uint64_t b = f0 / W;
-  if (b * W < f0) fill_chunk<Isa, acc_t>(b++, f0, f1, out, seed);
+  if (b * W < f0) {
+    prefetch(f0, (b + 1) * W < f1 ? (b + 1) * W : f1);
+    fill_chunk<Isa, acc_t>(b++, f0, f1, out, seed);
+  }
   for (; (b + C) * W <= f1; b += C) {
+    prefetch(b * W, (b + C) * W);
     P::template run<P::kVectors>(b * kLanes, seed.k0, seed.k1, w);
     for (int j = 0; j < C; ++j) NoiseChunk<acc_t>::from_words(w, j, out + ((b + j) * W - f0));
   }
+  if (b * W < f1) prefetch(b * W, f1);
   for (; b * W < f1; ++b) fill_chunk<Isa, acc_t>(b, f0, f1, out, seed);
+}
+
+// Cache lines of the bytes [p, p + bytes) on their way to L1 (for reading, or for writing).
+// On x86 through asm: GCC -O3 deleted a loop of __builtin_prefetch as a loop without effect
+// (-ffinite-loops). prefetchw is a no-op hint on CPUs without it.
+template <bool kWrite>
+DG_INLINE void prefetch_bytes(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(c) & ~uintptr_t(63);
+  for (uintptr_t a = first; a < reinterpret_cast<uintptr_t>(c + bytes); a += 64) {
+    const char* line = reinterpret_cast<const char*>(a);
+#ifdef DG_X86_SIMD
+    if constexpr (kWrite) {
+      asm volatile("prefetchw %0" : : "m"(*line));
+    } else {
+      asm volatile("prefetcht0 %0" : : "m"(*line));
+    }
+#else
+    __builtin_prefetch(line, kWrite ? 1 : 0, 3);
+#endif
+  }
 }
 
 // Rows are processed in groups of about this many elements, whose noise is drawn in one go
@@ -629,7 +665,14 @@ DG_INLINE void fwd_block_impl(const FwdArgs& a, int64_t r0, int64_t r1) {
   std::vector<acc_t> noise(group * K);
   for (int64_t g0 = r0; g0 < r1; g0 += group) {
     const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
-    fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed);
+    // The group's logits and output lines come from memory (each is touched once per call):
+    // fetching them while its noise is drawn hides that latency, which stalled the first pass
+    // over each row (a fifth of the profile; the forward got 13% faster, (4096, 1000) float32).
+    const auto fetch = [&](uint64_t lo, uint64_t hi) {
+      prefetch_bytes<false>(x + lo, (hi - lo) * sizeof(scalar_t));
+      prefetch_bytes<true>(y + lo, (hi - lo) * sizeof(scalar_t));
+    };
+    fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed, fetch);
     for (int64_t r = g0; r < g1; ++r) {
       const acc_t inv_tau = acc_t(1) / (tau_rows ? tau_rows[r] : static_cast<acc_t>(a.tau));
       softmax_row<scalar_t, acc_t>(x + r * K, noise.data() + (r - g0) * K, y + r * K,
@@ -672,11 +715,15 @@ template <typename Isa, typename scalar_t, typename acc_t>
 DG_INLINE void max_block_impl(const MaxArgs& a, int64_t r0, int64_t r1) {
   const int64_t K = a.cols, group = group_rows(K);
   std::vector<acc_t> scratch(K), noise(group * K);
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto fetch = [&](uint64_t lo, uint64_t hi) {  // as in fwd_block_impl
+    prefetch_bytes<false>(x + lo, (hi - lo) * sizeof(scalar_t));
+  };
   for (int64_t g0 = r0; g0 < r1; g0 += group) {
     const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
-    fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed);
+    fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed, fetch);
     for (int64_t r = g0; r < g1; ++r)
-      perturb_row<scalar_t, acc_t>(static_cast<const scalar_t*>(a.x) + r * K,
+      perturb_row<scalar_t, acc_t>(x + r * K,
                                    noise.data() + (r - g0) * K, scratch.data(), K, a.index + r);
   }
 }
@@ -827,6 +874,42 @@ Seed read_seed(const at::Tensor& seed) {
   return Seed{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)};
 }
 
+// Outputs of at least this size get transparent huge pages (see advise_huge_pages).
+constexpr size_t kHugeAdviseBytes = size_t(32) << 20;
+
+// Hint the kernel to back a large output the op has just allocated with 2 MiB pages. glibc
+// usually serves allocations of 32 MiB or more with a fresh mmap, so each call pays a page
+// fault per 4 KiB page on first touch, about 1.4 us each in the VM we measured: 20 ms of
+// faults to fill 64 MiB, against 5 ms with huge pages (2.5 ms warm). With transparent huge
+// pages in "madvise" mode (a common default) only advised ranges get them. Only the 2 MiB
+// aligned interior is advised, and only if its first page was never touched: memory that
+// the allocator reuses (the heap's free space can serve a large request too) has no faults
+// left to save, and advising part of the heap would split its mapping for good. Errors are
+// ignored: the hint changes speed only, and it touches no memory but the tensor's own.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t bytes = t.nbytes();
+  if (bytes < kHugeAdviseBytes) return;
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (p + bytes) & ~(kHuge - 1);
+  if (hi <= lo) return;
+  unsigned char resident = 0;
+  if (mincore(reinterpret_cast<void*>(lo), 1, &resident) != 0 || (resident & 1) != 0) return;
+  (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
+
+// A new tensor like `t` (contiguous), advised for huge pages when large, before first touch.
+at::Tensor empty_output(const at::Tensor& t) {
+  at::Tensor out = at::empty(t.sizes(), t.options(), at::MemoryFormat::Contiguous);
+  advise_huge_pages(out);
+  return out;
+}
+
 // Rows per task: enough work (about 16k entries) to pay for a thread hand-off.
 int64_t grain(int64_t cols) {
   const int64_t g = (16384 + cols - 1) / (cols > 0 ? cols : 1);
@@ -853,7 +936,7 @@ at::Tensor softmax_impl(const at::Tensor& x, const at::Tensor& seed, double tau,
                         const std::optional<at::Tensor>& tau_rows, at::Tensor* hard) {
   check_2d(x, "logits");
   const int di = dtype_index(x.scalar_type());
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = empty_output(x);
   FwdArgs a{x.data_ptr(),
             y.data_ptr(),
             hard ? hard->data_ptr() : nullptr,
@@ -877,7 +960,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_hard_cpu(
     const at::Tensor& x, const at::Tensor& seed, double tau,
     const std::optional<at::Tensor>& tau_rows) {
   check_2d(x, "logits");
-  at::Tensor hard = at::empty_like(x);
+  at::Tensor hard = empty_output(x);
   at::Tensor y = softmax_impl(x, seed, tau, tau_rows, &hard);
   return {hard, y};
 }
@@ -890,7 +973,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_backward_cpu(
   TORCH_CHECK(g.sizes() == y.sizes() && g.scalar_type() == y.scalar_type(),
               "discograd kernels: grad must match the soft sample");
   const int di = dtype_index(y.scalar_type());
-  at::Tensor gx = at::empty_like(y);
+  at::Tensor gx = empty_output(y);
   const auto acc = y.scalar_type() == c10::ScalarType::Double ? c10::ScalarType::Double
                                                                : c10::ScalarType::Float;
   at::Tensor gt = at::empty({tau_grad ? y.size(0) : 0}, y.options().dtype(acc));
@@ -924,6 +1007,7 @@ at::Tensor gumbel_noise_cpu(const at::Tensor& seed, int64_t rows, int64_t cols,
                             c10::ScalarType dtype) {
   const int di = dtype_index(dtype);
   at::Tensor out = at::empty({rows, cols}, seed.options().dtype(dtype));
+  advise_huge_pages(out);
   NoiseArgs a{out.data_ptr(), cols, read_seed(seed)};
   const NoiseFn fn = pick_table().noise[di];
   if (out.numel() > 0)
