@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from discograd._validation import check_logits, check_tau, tau_batch_shape
+from discograd._validation import check_logits, check_tau, tau_batch_shape, validate_args_enabled
 
 __all__ = ["DISABLE_ENV", "gumbel_max", "gumbel_noise", "gumbel_softmax", "status"]
 
@@ -131,10 +131,19 @@ def _validate_logits(logits: Tensor, dim: int, fused: bool = False) -> None:
 
     Content checks are data-dependent branches that torch.compile(fullgraph=True) cannot
     trace: compiled code gets the cheap checks only, like ``set_validate_args(False)``.
-    ``fused``: the kernel checks the contents itself (the CUDA Gumbel-softmax flags invalid
-    rows as it goes), so only the type and shape are checked here.
+    ``fused``: the kernel checks the contents itself (see :func:`_checks_in_kernel`), so only
+    the type and shape are checked here.
     """
     check_logits(logits, dim=dim, contents=not (fused or torch.compiler.is_compiling()))
+
+
+def _checks_in_kernel() -> bool:
+    """Whether the Gumbel-softmax kernels check the logits themselves (``check=True``): each
+    row's softmax normalizer, which the kernel computes anyway, leaves [1/2, inf) exactly when
+    the row has a NaN or +inf logit or is fully masked, so the check costs no pass over the
+    logits. Off with ``set_validate_args(False)`` and under torch.compile (as the other
+    content checks)."""
+    return validate_args_enabled() and not torch.compiler.is_compiling()
 
 
 def _rows(logits: Tensor, dim: int) -> Tensor:
@@ -167,14 +176,21 @@ def gumbel_softmax(
     else:
         check_tau(tau)
         tau_rows, tau_value = None, float(tau)
-    _validate_logits(logits, dim, fused=logits.device.type == "cuda")
+    _validate_logits(logits, dim, fused=True)
     moved_shape = logits.movedim(dim, -1).shape
     rows = _rows(logits, dim)
     seed = _seed(generator, logits.device)
-    if hard:
-        out, _ = torch.ops.discograd.gumbel_softmax_hard(rows, seed, tau_value, tau_rows)
-    else:
-        out = torch.ops.discograd.gumbel_softmax(rows, seed, tau_value, tau_rows)
+    check = _checks_in_kernel()
+    try:
+        if hard:
+            out, _ = torch.ops.discograd.gumbel_softmax_hard(rows, seed, tau_value, tau_rows, check)
+        else:
+            out = torch.ops.discograd.gumbel_softmax(rows, seed, tau_value, tau_rows, check)
+    except ValueError:
+        # The kernel found invalid rows: say which rule the logits break (the kernel's own
+        # message stands for finite logits whose x + G or (z - m) / tau overflows).
+        check_logits(logits, dim=dim)
+        raise
     return out.reshape(moved_shape).movedim(-1, dim)
 
 

@@ -7,9 +7,11 @@ operators with fake (meta) implementations and registered autograd, they trace u
 ``torch.compile(fullgraph=True)`` without graph breaks.
 
 Operators:
-    ``gumbel_softmax(x, seed, tau, tau_rows) -> y`` soft sample, saved for backward.
-    ``gumbel_softmax_hard(x, seed, tau, tau_rows) -> (one_hot, y)``: one-hot of arg max(x + G)
-    forward, the gradient of ``y`` backward (straight-through).
+    ``gumbel_softmax(x, seed, tau, tau_rows, check=False) -> y`` soft sample, saved for
+    backward; ``check``: raise ValueError when a row's logits are invalid (NaN, +inf, all
+    masked), which the kernel finds as it goes (its softmax normalizer leaves [1/2, inf)).
+    ``gumbel_softmax_hard(x, seed, tau, tau_rows, check=False) -> (one_hot, y)``: one-hot of
+    arg max(x + G) forward, the gradient of ``y`` backward (straight-through).
     ``gumbel_softmax_backward(grad, y, tau, tau_rows, tau_grad) -> (grad_x, grad_tau_rows)``.
     ``gumbel_argmax(x, seed) -> index`` and ``gumbel_noise(seed, rows, cols, dtype) -> G``.
 
@@ -27,9 +29,11 @@ from torch import Tensor
 
 NAMESPACE = "discograd"
 _SCHEMAS = {
-    "gumbel_softmax": "(Tensor x, Tensor seed, float tau, Tensor? tau_rows) -> Tensor",
+    "gumbel_softmax": (
+        "(Tensor x, Tensor seed, float tau, Tensor? tau_rows, bool check=False) -> Tensor"
+    ),
     "gumbel_softmax_hard": (
-        "(Tensor x, Tensor seed, float tau, Tensor? tau_rows) -> (Tensor, Tensor)"
+        "(Tensor x, Tensor seed, float tau, Tensor? tau_rows, bool check=False) -> (Tensor, Tensor)"
     ),
     "gumbel_softmax_backward": (
         "(Tensor grad, Tensor y, float tau, Tensor? tau_rows, bool tau_grad) -> (Tensor, Tensor)"
@@ -65,11 +69,11 @@ def _q(name: str) -> str:
 
 def _register_fakes() -> None:
     @torch.library.register_fake(_q("gumbel_softmax"))
-    def _(x, seed, tau, tau_rows):
+    def _(x, seed, tau, tau_rows, check=False):
         return torch.empty_like(x)
 
     @torch.library.register_fake(_q("gumbel_softmax_hard"))
-    def _(x, seed, tau, tau_rows):
+    def _(x, seed, tau, tau_rows, check=False):
         return torch.empty_like(x), torch.empty_like(x)
 
     @torch.library.register_fake(_q("gumbel_softmax_backward"))
@@ -88,7 +92,7 @@ def _register_fakes() -> None:
 
 
 def _setup(ctx, inputs, output) -> None:
-    x, seed, tau, tau_rows = inputs
+    x, seed, tau, tau_rows = inputs[:4]
     soft = output[1] if isinstance(output, (tuple, list)) else output
     ctx.tau = tau
     ctx.has_tau_rows = tau_rows is not None
@@ -124,7 +128,7 @@ def _backward_common(ctx, grad: Tensor):
         grad_x, grad_tau = torch.ops.discograd.gumbel_softmax_backward(
             grad.to(soft.dtype), soft, ctx.tau, tau_rows, tau_grad
         )
-    return grad_x, None, None, (grad_tau if tau_grad else None)
+    return grad_x, None, None, (grad_tau if tau_grad else None), None
 
 
 def _backward_soft(ctx, grad: Tensor):
@@ -141,7 +145,7 @@ def _backward_hard(ctx, grad_hard: Optional[Tensor], grad_soft: Optional[Tensor]
     else:
         grad = grad_hard + grad_soft
     if grad is None:
-        return None, None, None, None
+        return None, None, None, None, None
     return _backward_common(ctx, grad)
 
 

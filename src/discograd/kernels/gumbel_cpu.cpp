@@ -36,6 +36,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -584,19 +585,23 @@ DG_INLINE acc_t exp_row(acc_t* buf, int64_t cols, acc_t m, acc_t inv_tau) {
   return s;
 }
 
+// Returns the sum of exp((z - max) / tau), in [1, cols] for valid logits (the max's term is 1);
+// NaN, 0 or inf flag a NaN or +inf logit, a fully masked row, or an overflow of x + G.
 template <typename scalar_t, typename acc_t>
-DG_INLINE void softmax_row(const scalar_t* x, const acc_t* noise, scalar_t* y, scalar_t* hard,
-                           acc_t* scratch, int64_t cols, acc_t inv_tau) {
+DG_INLINE acc_t softmax_row(const scalar_t* x, const acc_t* noise, scalar_t* y, scalar_t* hard,
+                            acc_t* scratch, int64_t cols, acc_t inv_tau) {
   constexpr bool kInPlace = std::is_same<scalar_t, acc_t>::value;
   acc_t* buf = kInPlace ? reinterpret_cast<acc_t*>(y) : scratch;
   int64_t idx = 0;
   const acc_t m = perturb_row<scalar_t, acc_t>(x, noise, buf, cols, hard ? &idx : nullptr);
-  const acc_t inv_sum = acc_t(1) / exp_row<acc_t>(buf, cols, m, inv_tau);
+  const acc_t sum = exp_row<acc_t>(buf, cols, m, inv_tau);
+  const acc_t inv_sum = acc_t(1) / sum;
   for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<scalar_t>(buf[c] * inv_sum);
   if (hard != nullptr) {
     std::memset(static_cast<void*>(hard), 0, cols * sizeof(scalar_t));  // +0.0 in all dtypes
     hard[idx] = static_cast<scalar_t>(1);
   }
+  return sum;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -652,6 +657,7 @@ struct FwdArgs {
   double tau;
   int64_t cols;
   Seed seed;
+  std::atomic<bool>* invalid;  // set when a row's sum says its logits are invalid
 };
 
 template <typename Isa, typename scalar_t, typename acc_t>
@@ -675,8 +681,12 @@ DG_INLINE void fwd_block_impl(const FwdArgs& a, int64_t r0, int64_t r1) {
     fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed, fetch);
     for (int64_t r = g0; r < g1; ++r) {
       const acc_t inv_tau = acc_t(1) / (tau_rows ? tau_rows[r] : static_cast<acc_t>(a.tau));
-      softmax_row<scalar_t, acc_t>(x + r * K, noise.data() + (r - g0) * K, y + r * K,
-                                   hard ? hard + r * K : nullptr, scratch.data(), K, inv_tau);
+      const acc_t sum =
+          softmax_row<scalar_t, acc_t>(x + r * K, noise.data() + (r - g0) * K, y + r * K,
+                                       hard ? hard + r * K : nullptr, scratch.data(), K, inv_tau);
+      // Not in [1/2, inf) (NaN fails both): the input check, fused into the forward.
+      if (!(sum >= acc_t(0.5) && sum < std::numeric_limits<acc_t>::infinity()))
+        a.invalid->store(true, std::memory_order_relaxed);
     }
   }
 }
@@ -916,6 +926,11 @@ int64_t grain(int64_t cols) {
   return g < 1 ? 1 : g;
 }
 
+// The invalid-logits error of the checked forward (the same text as the Triton kernel's).
+constexpr const char* kInvalidMessage =
+    "gumbel_softmax: the softmax normalizer is not finite in some row (NaN or +inf logits, a "
+    "fully masked row, or logits or 1 / tau too large in magnitude)";
+
 void check_2d(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.is_contiguous() && t.device().is_cpu(),
               "discograd kernels: ", name, " must be a contiguous 2-d CPU tensor");
@@ -933,35 +948,39 @@ const void* tau_rows_ptr(const std::optional<at::Tensor>& tau_rows, const at::Te
 }
 
 at::Tensor softmax_impl(const at::Tensor& x, const at::Tensor& seed, double tau,
-                        const std::optional<at::Tensor>& tau_rows, at::Tensor* hard) {
+                        const std::optional<at::Tensor>& tau_rows, at::Tensor* hard, bool check) {
   check_2d(x, "logits");
   const int di = dtype_index(x.scalar_type());
   at::Tensor y = empty_output(x);
+  std::atomic<bool> invalid{false};
   FwdArgs a{x.data_ptr(),
             y.data_ptr(),
             hard ? hard->data_ptr() : nullptr,
             tau_rows_ptr(tau_rows, x),
             tau,
             x.size(1),
-            read_seed(seed)};
+            read_seed(seed),
+            &invalid};
   const FwdFn fn = pick_table().fwd[di];
   if (x.numel() > 0)
     at::parallel_for(0, x.size(0), grain(x.size(1)),
                      [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  // A ValueError in Python; discograd's wrapper then finds which rule the logits break.
+  TORCH_CHECK_VALUE(!(check && invalid.load()), kInvalidMessage);
   return y;
 }
 
 at::Tensor gumbel_softmax_cpu(const at::Tensor& x, const at::Tensor& seed, double tau,
-                              const std::optional<at::Tensor>& tau_rows) {
-  return softmax_impl(x, seed, tau, tau_rows, nullptr);
+                              const std::optional<at::Tensor>& tau_rows, bool check) {
+  return softmax_impl(x, seed, tau, tau_rows, nullptr, check);
 }
 
 std::tuple<at::Tensor, at::Tensor> gumbel_softmax_hard_cpu(
     const at::Tensor& x, const at::Tensor& seed, double tau,
-    const std::optional<at::Tensor>& tau_rows) {
+    const std::optional<at::Tensor>& tau_rows, bool check) {
   check_2d(x, "logits");
   at::Tensor hard = empty_output(x);
-  at::Tensor y = softmax_impl(x, seed, tau, tau_rows, &hard);
+  at::Tensor y = softmax_impl(x, seed, tau, tau_rows, &hard, check);
   return {hard, y};
 }
 

@@ -47,8 +47,6 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from discograd._validation import check_logits, validate_args_enabled
-
 try:
     import triton  # pyright: ignore[reportMissingImports]
     import triton.language as tl  # pyright: ignore[reportMissingImports]
@@ -208,11 +206,11 @@ if triton is not None:
 
     @triton.jit
     def _flag_invalid(status_ptr, total):
-        """Mark the call invalid when a row's normalizer is not in [1, inf): every term
+        """Mark the call invalid when a row's normalizer is not in [1/2, inf): every term
         exp((z - max) / tau) is at most 1 and the max's is 1, so only a NaN logit (NaN sum),
         +inf (inf - inf = NaN), a fully masked row (sum 0) or x + G overflowing gets here. The
         input check is thus fused into the kernel instead of a separate pass over the logits."""
-        if not ((total >= 1.0) & (total < float("inf"))):
+        if not ((total >= 0.5) & (total < float("inf"))):
             tl.atomic_or(status_ptr, 1)
 
     @triton.jit
@@ -534,9 +532,15 @@ def _check(x: Tensor) -> None:
 
 
 def forward(
-    x: Tensor, seed: Tensor, tau: float, tau_rows: Optional[Tensor], hard: bool
+    x: Tensor,
+    seed: Tensor,
+    tau: float,
+    tau_rows: Optional[Tensor],
+    hard: bool,
+    check: bool = False,
 ) -> Tuple[Optional[Tensor], Tensor]:
-    """(one-hot or None, soft sample) for rows x."""
+    """(one-hot or None, soft sample) for rows x; ``check``: raise ValueError for invalid
+    logits (NaN, +inf, a fully masked row), found by the kernel itself."""
     _check(x)
     rows, cols = x.shape
     y = torch.empty_like(x)
@@ -566,21 +570,25 @@ def forward(
             FAST=_fast_log(x.dtype),
             num_warps=warps,
         )
-        _raise_if_invalid(status, x)
+        if check:
+            _raise_if_invalid(status, x)
     return one_hot, y
+
+
+# The invalid-logits error of the checked forward (the same text as the C++ kernel's).
+INVALID_MESSAGE = (
+    "gumbel_softmax: the softmax normalizer is not finite in some row (NaN or +inf logits, a "
+    "fully masked row, or logits or 1 / tau too large in magnitude)"
+)
 
 
 def _raise_if_invalid(status: Tensor, x: Tensor) -> None:
     """The logits check, from the kernel's flag: one read of a flag after the kernel instead of
-    a pass over the logits and a sync before it. Skipped where checks are off
-    (``set_validate_args(False)``) and while a CUDA graph is captured (no sync allowed)."""
-    if not validate_args_enabled() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+    a pass over the logits before it. Skipped while a CUDA graph is captured (no sync there)."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     if int(status.item()) != 0:
-        check_logits(x, dim=-1)  # names the rule the logits break
-        raise ValueError(
-            f"logits: x + G overflowed in some row (logits too large in magnitude for {x.dtype})"
-        )
+        raise ValueError(INVALID_MESSAGE)
 
 
 def backward(
@@ -638,11 +646,11 @@ def _register() -> None:
     _library.define()
     lib = "discograd::"
 
-    def soft(x, seed, tau, tau_rows):
-        return forward(x, seed, tau, tau_rows, False)[1]
+    def soft(x, seed, tau, tau_rows, check):
+        return forward(x, seed, tau, tau_rows, False, check)[1]
 
-    def hard(x, seed, tau, tau_rows):
-        one_hot, y = forward(x, seed, tau, tau_rows, True)
+    def hard(x, seed, tau, tau_rows, check):
+        one_hot, y = forward(x, seed, tau, tau_rows, True, check)
         return one_hot, y
 
     torch.library.register_kernel(lib + "gumbel_softmax", "cuda", soft)
