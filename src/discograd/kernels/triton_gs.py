@@ -78,7 +78,8 @@ if triton is not None:
 
     @triton.jit
     def _log_fast_device(x):
-        # MUFU.LG2: within 2 ulp outside [1/2, 2], within 2^-21.4 absolute inside
+        # lg2.approx (MUFU) times log 2: CUDA documents 2^-21.41 absolute in [1/2, 2], 3 ulp
+        # elsewhere (__logf)
         return libdevice.fast_logf(x)
 
     _log = _log_interpreted if interpreter() else _log_device
@@ -499,11 +500,12 @@ def _warps(elements: int) -> int:
 
 def _fast_log(dtype: torch.dtype) -> bool:
     """Whether the forward takes the outer log of the noise, -log(E), by the hardware
-    approximation (MUFU.LG2: within 2^-21.4 absolute for E in [1/2, 2], 3 ulp elsewhere)
-    instead of libdevice's correctly rounded one. "16-bit" (the default): for float16 and
-    bfloat16 outputs only, where that error is far below half an ulp of the result (2^-9 or
-    2^-12 relative, against 2^-21.4 / tau); float32 outputs keep the exact noise of the C++
-    kernel. The noise operator (``gumbel_noise``) always uses the exact log."""
+    approximation (lg2.approx: within 2^-21.4 absolute for E in [1/2, 2], 3 ulp elsewhere)
+    instead of the kernel's own 1-ulp log. "16-bit" (the default): for float16 and bfloat16
+    outputs only, where the resulting relative error of y, about 2^-21.4 / tau, is below half
+    an ulp of the result (2^-11 float16, 2^-8 bfloat16) for tau >= 10^-3, and 10x below for
+    tau >= 10^-2; float32 outputs keep the noise of the C++ kernel (to 1 ulp). The noise operator
+    (``gumbel_noise``) always uses the kernel's own log."""
     mode = TUNING["fast_log"]
     return mode == "always" or (mode == "16-bit" and dtype != torch.float32)
 
