@@ -195,6 +195,19 @@ if triton is not None:
         return _min(tl.where(z == top, col, 2147483647))
 
     @triton.jit
+    def _max4(z0, z1, z2, z3):
+        """Max of a tile's four words' z."""
+        return tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+
+    @triton.jit
+    def _first4(z0, z1, z2, z3, col, top):
+        """First column of a tile whose z equals top (word w's columns are col + 16 w)."""
+        return tl.minimum(
+            tl.minimum(_first(z0, col, top), _first(z1, col + 16, top)),
+            tl.minimum(_first(z2, col + 32, top), _first(z3, col + 48, top)),
+        )
+
+    @triton.jit
     def _put(row, col, value, inside, FULL: tl.constexpr):
         if FULL:
             tl.store(row + col, value.to(row.dtype.element_ty))
@@ -224,7 +237,7 @@ if triton is not None:
         z1, i1 = _z(x_row, K, r1, col + 16, FULL, FAST)
         z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST)
         z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST)
-        m = tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+        m = _max4(z0, z1, z2, z3)
         shift = _shift(m)
         e0 = _exp(z0, shift, inv_tau)
         e1 = _exp(z1, shift, inv_tau)
@@ -238,10 +251,7 @@ if triton is not None:
         _put(y_row, col + 32, e2 * inv_total, i2, FULL)
         _put(y_row, col + 48, e3 * inv_total, i3, FULL)
         if HARD:
-            index = tl.minimum(
-                tl.minimum(_first(z0, col, m), _first(z1, col + 16, m)),
-                tl.minimum(_first(z2, col + 32, m), _first(z3, col + 48, m)),
-            )
+            index = _first4(z0, z1, z2, z3, col, m)
             _put_hard(h_row, col, index, i0, FULL)
             _put_hard(h_row, col + 16, index, i1, FULL)
             _put_hard(h_row, col + 32, index, i2, FULL)
@@ -268,14 +278,11 @@ if triton is not None:
             _put(z_row, col + 16, z1, i1, FULL)
             _put(z_row, col + 32, z2, i2, FULL)
             _put(z_row, col + 48, z3, i3, FULL)
-            top = tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+            top = _max4(z0, z1, z2, z3)
             if HARD:
                 # strictly greater: an earlier tile keeps a tie (its columns come first)
                 if top > m:
-                    index = tl.minimum(
-                        tl.minimum(_first(z0, col, top), _first(z1, col + 16, top)),
-                        tl.minimum(_first(z2, col + 32, top), _first(z3, col + 48, top)),
-                    )
+                    index = _first4(z0, z1, z2, z3, col, top)
             m_new = tl.maximum(m, top)
             shift = _shift(m_new)
             tile = (
@@ -368,12 +375,9 @@ if triton is not None:
             z1, _ = _z(x_row, K, r1, col + 16, False, False)
             z2, _ = _z(x_row, K, r2, col + 32, False, False)
             z3, _ = _z(x_row, K, r3, col + 48, False, False)
-            top = tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+            top = _max4(z0, z1, z2, z3)
             if top > best:
-                index = tl.minimum(
-                    tl.minimum(_first(z0, col, top), _first(z1, col + 16, top)),
-                    tl.minimum(_first(z2, col + 32, top), _first(z3, col + 48, top)),
-                )
+                index = _first4(z0, z1, z2, z3, col, top)
                 best = top
         tl.store(index_ptr + row, index.to(tl.int64))
 
