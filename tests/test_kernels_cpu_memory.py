@@ -143,11 +143,11 @@ def thp_mode(name: str) -> str:
     return text[text.index("[") + 1 : text.index("]")]
 
 
-def mappings(lo: int, hi: int) -> List[Dict[str, object]]:
-    """The /proc/self/smaps entries overlapping the addresses [lo, hi)."""
+def mappings(lo: int, hi: int, smaps: Path = Path("/proc/self/smaps")) -> List[Dict[str, object]]:
+    """The smaps entries (this process's by default) overlapping the addresses [lo, hi)."""
     out: List[Dict[str, object]] = []
     current: Dict[str, object] = {}
-    for line in Path("/proc/self/smaps").read_text().splitlines():
+    for line in smaps.read_text().splitlines():
         head = line.split(maxsplit=1)[0]
         if "-" in head and not head.endswith(":"):
             start, end = (int(v, 16) for v in head.split("-"))
@@ -197,8 +197,8 @@ def test_large_outputs_are_advised_small_ones_are_not(thp_on, large_case):
         maps = mappings(lo, hi)
         assert maps, name
         if any(m["name"] == "[heap]" for m in maps):
-            # glibc served it from the heap's free (touched) memory: no faults to save, and
-            # advising would split the heap's mapping, so the kernel leaves it alone.
+            # glibc served it from the heap's free space (touched or fresh): advising would
+            # split the heap's mapping, so the kernel leaves the heap alone (see the next test).
             assert not any("hg" in m["flags"] for m in maps), (name, maps)
         else:
             fresh += 1
@@ -210,6 +210,55 @@ def test_large_outputs_are_advised_small_ones_are_not(thp_on, large_case):
     small = ops.gumbel_softmax(x[:100].contiguous(), seed, 0.5, None)
     maps = mappings(small.data_ptr(), small.data_ptr() + small.nbytes)
     assert maps and not any("hg" in m["flags"] for m in maps), maps
+
+
+HEAP_CHILD = """
+import json, sys, torch
+from discograd import kernels
+assert kernels.status()["cpu"]["path"] == "fast"  # loads the C++ kernel
+ops = torch.ops.discograd
+x = torch.randn(2100, 4096)
+y = ops.gumbel_softmax(x, torch.tensor([7]), 0.5, None)
+hard, _ = ops.gumbel_softmax_hard(x, torch.tensor([7]), 0.5, None)
+print(json.dumps([[t.data_ptr(), t.nbytes] for t in (y, hard)]))
+sys.stdout.flush()
+sys.stdin.readline()  # the parent reads /proc/<pid>/smaps while the tensors are alive
+"""
+
+
+def test_fresh_heap_memory_is_never_advised(thp_on, tmp_path):
+    """glibc can serve a large output from fresh (never touched) memory at the heap's top.
+
+    With mmap switched off (MALLOC_MMAP_MAX_=0) every output comes from the brk heap, fresh
+    pages included, the case a CI machine met by chance: the kernel must leave the heap's
+    mapping whole. A control in the same child shows the memory really is the heap.
+    """
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, MALLOC_MMAP_MAX_="0", OMP_NUM_THREADS="1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", HEAP_CHILD],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        spans = json.loads(child.stdout.readline())
+        smaps = Path(f"/proc/{child.pid}/smaps")
+        for ptr, nbytes in spans:
+            lo, hi = (ptr + HUGE - 1) // HUGE * HUGE, (ptr + nbytes) // HUGE * HUGE
+            maps = mappings(lo, hi, smaps)
+            assert maps and all(m["name"] == "[heap]" for m in maps), maps  # control
+            assert not any("hg" in m["flags"] for m in maps), maps
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
 
 
 def test_large_forward_gets_huge_pages(thp_on):

@@ -49,6 +49,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #define DG_INLINE inline __attribute__((always_inline))
@@ -892,9 +893,11 @@ constexpr size_t kHugeAdviseBytes = size_t(32) << 20;
 // fault per 4 KiB page on first touch, about 1.4 us each in the VM we measured: 20 ms of
 // faults to fill 64 MiB, against 5 ms with huge pages (2.5 ms warm). With transparent huge
 // pages in "madvise" mode (a common default) only advised ranges get them. Only the 2 MiB
-// aligned interior is advised, and only if its first page was never touched: memory that
-// the allocator reuses (the heap's free space can serve a large request too) has no faults
-// left to save, and advising part of the heap would split its mapping for good. Errors are
+// aligned interior is advised, only outside the brk heap, and only if its first page was
+// never touched. glibc serves a large request from the heap's top when enough is free there;
+// that memory may be touched (no faults left to save) or fresh, and advising any of it would
+// split the heap's mapping for good, so the heap is left alone whatever mincore says (the
+// heap and the program lie below the break, mmap'd memory above it on Linux). Errors are
 // ignored: the hint changes speed only, and it touches no memory but the tensor's own.
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -905,6 +908,7 @@ void advise_huge_pages(const at::Tensor& t) {
   const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t hi = (p + bytes) & ~(kHuge - 1);
   if (hi <= lo) return;
+  if (lo < reinterpret_cast<uintptr_t>(sbrk(0))) return;
   unsigned char resident = 0;
   if (mincore(reinterpret_cast<void*>(lo), 1, &resident) != 0 || (resident & 1) != 0) return;
   (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
