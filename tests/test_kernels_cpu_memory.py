@@ -197,9 +197,11 @@ def test_large_outputs_are_advised_small_ones_are_not(thp_on, large_case):
         maps = mappings(lo, hi)
         assert maps, name
         if any(m["name"] == "[heap]" for m in maps):
-            # glibc served it from the heap's free space (touched or fresh): advising would
-            # split the heap's mapping, so the kernel leaves the heap alone (see the next test).
-            assert not any("hg" in m["flags"] for m in maps), (name, maps)
+            # glibc served it from the heap's free space. The kernel leaves the heap alone, but
+            # "hg" there proves nothing either way: NumPy advises its own arrays of 4 MiB or
+            # more, heap memory included, and torch may reuse that memory after an earlier
+            # test freed the array. The next test checks the heap in a clean child process.
+            continue
         else:
             fresh += 1
             assert all("hg" in m["flags"] for m in maps), (name, maps)
