@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from functools import partial
@@ -153,7 +154,7 @@ def nonfinite_counts(dtype, device, draws: float, quick: bool) -> Dict[str, Tupl
     cols = 32768
     rows = 256 if quick else 4096  # 2^27 draws per call
     per_call = rows * cols
-    calls = max(1, int(round(draws / per_call)))
+    calls = max(1, math.ceil(draws / per_call))  # at least `draws`
     gen = torch.Generator(device).manual_seed(1)
     counts = {"discograd noise": 0, "discograd softmax tau=0.01": 0, "torch op tau=0.01": 0}
     for _ in range(calls):
@@ -245,6 +246,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes, few rounds")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument(
+        "--shapes", help="shapes to time instead of the default set, e.g. 64x128x32768,4096x1000"
+    )
     parser.add_argument("--draws", type=float, default=1e9, help="draws per dtype (NaN count)")
     parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     parser.add_argument("--json", default=None, help="write the raw numbers here")
@@ -273,6 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 json.dump(results, fh, indent=1, default=str)
         return 0
     shapes = [(64, 30, 10), (512, 1000), (4, 8, 32768)] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(n) for n in item.split("x")) for item in args.shapes.split(",")]
     rounds, calls = (2, 2) if args.quick else (args.rounds, args.calls)
     bw = copy_bandwidth(device, args.quick)
     say(f"Copy bandwidth (clone, read + write): {bw / 1e12:.3f} TB/s")

@@ -627,6 +627,17 @@ def test_triton_matches_the_cpu_kernel_on_gpu(dtype):
     broken[17, 3] = math.nan
     with pytest.raises(ValueError, match="contains NaN"):
         discograd.gumbel_softmax(broken, 0.5)
+    # The check fused into the kernel (its flag), with and without check=, on the device.
+    with pytest.raises(ValueError, match="normalizer is not finite"):
+        triton_gs.forward(broken, seed.cuda(), 0.5, None, False, True)
+    _, unchecked = triton_gs.forward(broken, seed.cuda(), 0.5, None, False, False)
+    assert torch.isnan(unchecked[17]).all() and torch.isfinite(unchecked[:17]).all()
+    masked = torch.randn(64, 32768, device="cuda", dtype=dtype)
+    masked[40] = -math.inf
+    with pytest.raises(ValueError, match="normalizer is not finite"):
+        same.gumbel_softmax_hard(masked, seed.cuda(), 0.5, None, True)
+    with pytest.raises(ValueError, match="masked"):
+        discograd.gumbel_softmax(masked, 0.5, hard=True)
     torch.testing.assert_close(
         triton_gs.noise(seed.cuda(), 64, 4096, torch.float32).cpu(),
         same.gumbel_noise(seed, 64, 4096, torch.float32),
