@@ -646,24 +646,34 @@ def noise(seed: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
     return out
 
 
+def _soft(x: Tensor, seed: Tensor, tau: float, tau_rows: Optional[Tensor], check: bool = False):
+    return forward(x, seed, tau, tau_rows, False, check)[1]
+
+
+def _hard(x: Tensor, seed: Tensor, tau: float, tau_rows: Optional[Tensor], check: bool = False):
+    one_hot, y = forward(x, seed, tau, tau_rows, True, check)
+    return one_hot, y
+
+
+# The CUDA kernels of the discograd:: operators. torch calls a Python kernel without the
+# trailing arguments that equal their schema default (check=False arrives as no argument at
+# all), so each function's parameters carry the schema's names and defaults; a test compares
+# them with the schemas.
+KERNELS = {
+    "gumbel_softmax": _soft,
+    "gumbel_softmax_hard": _hard,
+    "gumbel_softmax_backward": backward,
+    "gumbel_argmax": argmax,
+    "gumbel_noise": noise,
+}
+
+
 def _register() -> None:
     from discograd.kernels import _library
 
     _library.define()
-    lib = "discograd::"
-
-    def soft(x, seed, tau, tau_rows, check):
-        return forward(x, seed, tau, tau_rows, False, check)[1]
-
-    def hard(x, seed, tau, tau_rows, check):
-        one_hot, y = forward(x, seed, tau, tau_rows, True, check)
-        return one_hot, y
-
-    torch.library.register_kernel(lib + "gumbel_softmax", "cuda", soft)
-    torch.library.register_kernel(lib + "gumbel_softmax_hard", "cuda", hard)
-    torch.library.register_kernel(lib + "gumbel_softmax_backward", "cuda", backward)
-    torch.library.register_kernel(lib + "gumbel_argmax", "cuda", argmax)
-    torch.library.register_kernel(lib + "gumbel_noise", "cuda", noise)
+    for name, kernel in KERNELS.items():
+        torch.library.register_kernel(f"{_library.NAMESPACE}::{name}", "cuda", kernel)
 
 
 def load() -> Tuple[bool, str]:
