@@ -578,7 +578,7 @@ DG_INLINE acc_t log_acc(acc_t x) {
 
 // z = x + G into buf (G: the row's noise); returns max z, and the first index attaining it in
 // *argmax.
-template <typename scalar_t, typename acc_t>
+template <typename Isa, typename scalar_t, typename acc_t>
 DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, int64_t cols,
                             int64_t* argmax) {
   constexpr int W = kLanes;
@@ -605,13 +605,23 @@ DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, i
         vnan += f - f;
       }
       continue;
+    }
+    // The tail: with lane masks it stays in a register (-inf past the row); otherwise it goes
+    // through z, whose read as a vector after element-wise writes stalls on store forwarding.
+    const int64_t n = cols - c0;
+    vec16<acc_t> v;
+    if constexpr (Isa::kMaskedTail && std::is_same<scalar_t, acc_t>::value) {
+      vec16<acc_t> vx, vn;
+      Isa::load_tail(x + c0, n, neg_inf, vx);
+      Isa::load_tail(noise + c0, n, acc_t(0), vn);
+      v = vx + vn;
+      Isa::store_tail(buf + c0, n, v);
     } else {
-      const int64_t n = cols - c0;
       for (int64_t k = 0; k < n; ++k) z[k] = load<scalar_t, acc_t>(x + c0 + k) + noise[c0 + k];
       std::memcpy(buf + c0, z, n * sizeof(acc_t));
       for (int64_t k = n; k < W; ++k) z[k] = neg_inf;
+      v = vload(z);
     }
-    const vec16<acc_t> v = vload(z);
     vmax = v > vmax ? v : vmax;
     if (argmax != nullptr) {
       const vec16<acc_t> f = v > neg_inf ? v : zero;
@@ -635,7 +645,7 @@ DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, i
 }
 
 // buf <- exp((buf - m) / tau); returns the sum.
-template <typename acc_t>
+template <typename Isa, typename acc_t>
 DG_INLINE acc_t exp_row(acc_t* buf, int64_t cols, acc_t m, acc_t inv_tau) {
   vec16<acc_t> vsum = vsplat<acc_t>(0);
   acc_t e[kLanes];
@@ -645,24 +655,37 @@ DG_INLINE acc_t exp_row(acc_t* buf, int64_t cols, acc_t m, acc_t inv_tau) {
     std::memcpy(buf + c, e, sizeof(e));
     vsum += vload(e);
   }
-  acc_t s = hsum<acc_t>(vsum);
-  for (; c < cols; ++c) {
-    buf[c] = exp_acc<acc_t>((buf[c] - m) * inv_tau);
-    s += buf[c];
+  if constexpr (Isa::kMaskedTail) {
+    if (c < cols) {  // the tail as one more vector, -inf (exp 0) past the row
+      vec16<acc_t> t;
+      Isa::load_tail(buf + c, cols - c, -std::numeric_limits<acc_t>::infinity(), t);
+      std::memcpy(e, &t, sizeof(e));
+      for (int l = 0; l < kLanes; ++l) e[l] = exp_acc<acc_t>((e[l] - m) * inv_tau);
+      t = vload(e);
+      Isa::store_tail(buf + c, cols - c, t);
+      vsum += t;
+    }
+    return hsum<acc_t>(vsum);
+  } else {
+    acc_t s = hsum<acc_t>(vsum);
+    for (; c < cols; ++c) {
+      buf[c] = exp_acc<acc_t>((buf[c] - m) * inv_tau);
+      s += buf[c];
+    }
+    return s;
   }
-  return s;
 }
 
 // Returns the sum of exp((z - max) / tau), in [1, cols] for valid logits (the max's term is 1);
 // NaN, 0 or inf flag a NaN or +inf logit, a fully masked row, or an overflow of x + G.
-template <typename scalar_t, typename acc_t>
+template <typename Isa, typename scalar_t, typename acc_t>
 DG_INLINE acc_t softmax_row(const scalar_t* x, const acc_t* noise, scalar_t* y, scalar_t* hard,
                             acc_t* scratch, int64_t cols, acc_t inv_tau) {
   constexpr bool kInPlace = std::is_same<scalar_t, acc_t>::value;
   acc_t* buf = kInPlace ? reinterpret_cast<acc_t*>(y) : scratch;
   int64_t idx = 0;
-  const acc_t m = perturb_row<scalar_t, acc_t>(x, noise, buf, cols, hard ? &idx : nullptr);
-  const acc_t sum = exp_row<acc_t>(buf, cols, m, inv_tau);
+  const acc_t m = perturb_row<Isa, scalar_t, acc_t>(x, noise, buf, cols, hard ? &idx : nullptr);
+  const acc_t sum = exp_row<Isa, acc_t>(buf, cols, m, inv_tau);
   const acc_t inv_sum = acc_t(1) / sum;
   for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<scalar_t>(buf[c] * inv_sum);
   if (hard != nullptr) {
@@ -760,7 +783,7 @@ DG_INLINE acc_t any_row(const scalar_t* x, const acc_t* noise, scalar_t* y, scal
   if constexpr (Isa::kMaskedTail && std::is_same<scalar_t, acc_t>::value) {
     if (cols <= kLanes) return softmax_short_row<Isa, acc_t>(x, noise, y, hard, cols, inv_tau);
   }
-  return softmax_row<scalar_t, acc_t>(x, noise, y, hard, scratch, cols, inv_tau);
+  return softmax_row<Isa, scalar_t, acc_t>(x, noise, y, hard, scratch, cols, inv_tau);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,8 +873,8 @@ DG_INLINE void max_block_impl(const MaxArgs& a, int64_t r0, int64_t r1) {
     const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
     fill_noise<Isa, acc_t>(g0 * K, g1 * K, noise.data(), a.seed, fetch);
     for (int64_t r = g0; r < g1; ++r)
-      perturb_row<scalar_t, acc_t>(x + r * K,
-                                   noise.data() + (r - g0) * K, scratch.data(), K, a.index + r);
+      perturb_row<Isa, scalar_t, acc_t>(x + r * K, noise.data() + (r - g0) * K, scratch.data(), K,
+                                        a.index + r);
   }
 }
 
