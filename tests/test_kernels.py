@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -395,6 +396,83 @@ def test_ten_million_draws_are_finite(dtype):
 
 # --------------------------------------------------------------------------------------------
 # The switches: environment variable (in a fresh process) and torch.compile.
+
+
+ISA_CHECK = """
+import math, sys, torch
+import torch.nn.functional as F
+from discograd import kernels
+state = kernels.status()["cpu"]
+assert state["path"] == "fast" and "(" + sys.argv[1] + ")" in state["reason"], state
+ops = torch.ops.discograd
+seed = torch.tensor([2024])
+gen = torch.Generator().manual_seed(0)
+for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-14), (torch.bfloat16, 1e-2)):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for cols in (1, 3, 10, 16, 17, 100):
+        x = (torch.randn(70, cols, generator=gen) * 3).to(dtype)
+        x[0, 1 + cols // 2:] = -math.inf
+        scores = x.to(acc) + ops.gumbel_noise(seed, 70, cols, acc)
+        y = ops.gumbel_softmax(x, seed, 0.7, None)
+        torch.testing.assert_close(y, torch.softmax(scores / 0.7, -1).to(dtype), rtol=tol, atol=tol)
+        hard, soft = ops.gumbel_softmax_hard(x, seed, 0.7, None)
+        assert torch.equal(soft, y)
+        assert torch.equal(hard, F.one_hot(scores.argmax(-1), cols).to(dtype))
+        assert torch.equal(ops.gumbel_argmax(x, seed), scores.argmax(-1))
+        g = torch.randn(70, cols, generator=gen).to(dtype)
+        gx, _ = ops.gumbel_softmax_backward(g, y, 0.7, None, False)
+        yy, gg = y.to(acc), g.to(acc)
+        want = yy * (gg - (gg * yy).sum(-1, keepdim=True)) / 0.7
+        torch.testing.assert_close(gx, want.to(dtype), rtol=10 * tol, atol=10 * tol)
+    with_bad = torch.randn(5, 10).to(dtype)
+    with_bad[2, 3] = math.nan
+    try:
+        ops.gumbel_softmax(with_bad, seed, 0.5, None, True)
+    except ValueError as e:
+        assert "normalizer" in str(e)
+    else:
+        raise AssertionError("NaN logits passed the check")
+print("isa ok", state["reason"])
+"""
+
+
+@pytest.mark.parametrize("cap, name", [("avx2", "AVX2"), ("baseline", "baseline")])
+def test_lower_instruction_set_variants(cap, name):
+    """The AVX2 and baseline variants, which CPUs without AVX-512 run, forced through
+    DISCOGRAD_CPU_ISA in a fresh process: exact values on their own noise, one-hots, arg max,
+    backward and the fused check, over rows shorter than, equal to and longer than a vector."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the instruction-set variants exist on x86-64 only (one build elsewhere)")
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if cap == "avx2" and not {"avx2", "fma"} <= set(flags):
+        pytest.skip("this CPU has no AVX2 + FMA (environment, not a missing feature)")
+    env = dict(os.environ, DISCOGRAD_CPU_ISA=cap, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", ISA_CHECK, name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "isa ok" in out.stdout
+
+
+def test_unknown_instruction_set_cap_is_reported():
+    code = (
+        "from discograd import kernels\n"
+        "s = kernels.status()['cpu']\n"
+        "assert s['path'] == 'reference' and 'DISCOGRAD_CPU_ISA' in s['reason'], s\n"
+        "print('reported')\n"
+    )
+    env = dict(os.environ, DISCOGRAD_CPU_ISA="avx", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "reported" in out.stdout
 
 
 def test_env_var_forces_reference_path_in_subprocess():

@@ -11,6 +11,9 @@ pure-PyTorch reference path.
 Environment:
     ``DISCOGRAD_CACHE_DIR``: where builds are cached (default ``$XDG_CACHE_HOME/discograd`` or
     ``~/.cache/discograd``).
+    ``DISCOGRAD_CPU_ISA``: ``avx2`` or ``baseline`` caps the instruction-set variant the kernel
+    picks at load time (it never goes above what the CPU has); for testing the variants other
+    CPUs run. Read once per process.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ def _build_key(source: bytes, flags: list) -> str:
 
 def _compile() -> str:
     from torch.utils import cpp_extension
+
+    cap = os.environ.get("DISCOGRAD_CPU_ISA", "")
+    if cap not in ("", "avx512", "avx2", "baseline"):
+        raise ValueError(f"DISCOGRAD_CPU_ISA must be avx512, avx2 or baseline, got {cap!r}")
 
     from discograd.kernels import _library
 

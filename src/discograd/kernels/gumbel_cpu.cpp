@@ -39,6 +39,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -979,16 +980,21 @@ DG_DEFINE_ISA(base, , IsaGeneric)
 
 const char* g_isa = "baseline";
 
+// DISCOGRAD_CPU_ISA=avx2 or baseline caps the variant (never above what the CPU has), so that
+// one machine can test the variants a user's CPU would run.
 const Table& pick_table() {
 #ifdef DG_X86_SIMD
   static const Table* chosen = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+    const char* cap = std::getenv("DISCOGRAD_CPU_ISA");
+    const bool allow512 = cap == nullptr || *cap == 0 || std::strcmp(cap, "avx512") == 0;
+    const bool allow2 = allow512 || std::strcmp(cap, "avx2") == 0;
+    if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
       g_isa = "avx512";
       return &table_avx512;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       g_isa = "avx2";
       return &table_avx2;
     }
