@@ -789,8 +789,9 @@ DG_INLINE void backward_row(const scalar_t* g, const scalar_t* y, scalar_t* gx, 
 // A row of at most 16 entries (a VAE's 10 categories) in one vector, loaded and stored with
 // lane masks, so that nothing goes through memory between the steps: the general path writes
 // such a row's entries one by one and reads them back as a vector, which stalls on store
-// forwarding (a third of the forward's time on (7680, 10) rows). The same operations in the
-// same order as softmax_row, so the same results. Float32/float64 rows only.
+// forwarding (a third of the forward's time on (7680, 10) rows). The same operations as
+// softmax_row but for the pairwise sum (tree_sum), so a soft sample may differ from the
+// general path's in the last bits; the one-hot is the same. Float32/float64 rows only.
 template <typename Isa, typename acc_t>
 DG_INLINE acc_t softmax_short_row(const acc_t* x, const acc_t* noise, acc_t* y, acc_t* hard,
                                   int64_t cols, acc_t inv_tau) {
