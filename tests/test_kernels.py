@@ -237,6 +237,25 @@ def test_dims_other_than_last():
         torch.testing.assert_close(y.sum(dim), torch.ones(()).expand(y.sum(dim).shape))
         i = discograd.gumbel_max(x, dim=dim, generator=torch.Generator().manual_seed(2))
         assert i.shape == y.sum(dim).shape and i.max() < x.shape[dim]
+    # The last dim, named either way, of 1-d, 2-d (used as they are) and 3-d logits; gradients
+    # reach the logits through every layout.
+    for shape in ((9,), (6, 9), (2, 3, 9), (6, 9)):
+        z = torch.randn(shape, requires_grad=True)
+        for dim in (-1, len(shape) - 1):
+            gen = torch.Generator().manual_seed(3)
+            y = discograd.gumbel_softmax(z, 0.5, dim=dim, generator=gen)
+            flat = discograd.gumbel_softmax(
+                z.detach().reshape(-1, 9), 0.5, generator=torch.Generator().manual_seed(3)
+            )
+            assert y.shape == z.shape and torch.equal(y.detach(), flat.reshape(shape))
+            (y * torch.arange(9.0)).sum().backward()
+            assert z.grad is not None and torch.isfinite(z.grad).all()
+            z.grad = None
+    for bad in (3, -4):
+        with pytest.raises(IndexError, match=f"dim={bad} is out of range"):
+            discograd.gumbel_softmax(x, 0.5, dim=bad)
+        with pytest.raises(IndexError, match=f"dim={bad} is out of range"):
+            discograd.gumbel_max(x, dim=bad)
 
 
 def test_tau_tensor_shapes_and_errors():

@@ -33,6 +33,16 @@ def validate_args_enabled() -> bool:
     return _enabled
 
 
+def check_dim(t: Tensor, dim: int, name: str = "logits") -> None:
+    """IndexError unless ``dim`` indexes a dimension of ``t`` (torch's range, [-n, n - 1])."""
+    n = t.dim()
+    if not -n <= dim < n:
+        raise IndexError(
+            f"dim={dim} is out of range for {name} with {n} dimensions "
+            f"(expected in [{-n}, {n - 1}])"
+        )
+
+
 def check_logits(
     logits: Tensor, *, name: str = "logits", dim: int | None = -1, contents: bool = True
 ) -> None:
@@ -51,6 +61,8 @@ def check_logits(
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
     if dim is not None and logits.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (the categories)")
+    if dim is not None:
+        check_dim(logits, dim, name)
     if not (_enabled and contents):
         return
     # Before the screen: an empty dim means no entries, which the screen would clear.

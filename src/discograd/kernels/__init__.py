@@ -39,7 +39,13 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from discograd._validation import check_logits, check_tau, tau_batch_shape, validate_args_enabled
+from discograd._validation import (
+    check_dim,
+    check_logits,
+    check_tau,
+    tau_batch_shape,
+    validate_args_enabled,
+)
 
 __all__ = ["DISABLE_ENV", "gumbel_max", "gumbel_noise", "gumbel_softmax", "status"]
 
@@ -146,9 +152,27 @@ def _checks_in_kernel() -> bool:
     return validate_args_enabled() and not torch.compiler.is_compiling()
 
 
+def _is_last(logits: Tensor, dim: int) -> bool:
+    """``dim`` names the last dimension (an out-of-range ``dim`` raises, as in torch)."""
+    check_dim(logits, dim)
+    return dim % logits.dim() == logits.dim() - 1
+
+
 def _rows(logits: Tensor, dim: int) -> Tensor:
-    """(B, K) contiguous rows with categories last."""
+    """(B, K) contiguous rows with categories last: the logits themselves when they already
+    are (no view, so no autograd node: a small call's backward is mostly such overhead)."""
+    if _is_last(logits, dim):
+        if logits.dim() == 2 and logits.is_contiguous():
+            return logits
+        return logits.reshape(-1, logits.shape[-1]).contiguous()
     return logits.movedim(dim, -1).reshape(-1, logits.shape[dim]).contiguous()
+
+
+def _unrows(out: Tensor, logits: Tensor, dim: int) -> Tensor:
+    """Rows from :func:`_rows` back in the layout of ``logits``."""
+    if _is_last(logits, dim):
+        return out if out.shape == logits.shape else out.reshape(logits.shape)
+    return out.reshape(logits.movedim(dim, -1).shape).movedim(-1, dim)
 
 
 def _tau_rows(tau: Tensor, logits: Tensor, dim: int) -> Tensor:
@@ -177,7 +201,6 @@ def gumbel_softmax(
         check_tau(tau)
         tau_rows, tau_value = None, float(tau)
     _validate_logits(logits, dim, fused=True)
-    moved_shape = logits.movedim(dim, -1).shape
     rows = _rows(logits, dim)
     seed = _seed(generator, logits.device)
     check = _checks_in_kernel()
@@ -191,7 +214,7 @@ def gumbel_softmax(
         # message stands for finite logits whose x + G or (z - m) / tau overflows).
         check_logits(logits, dim=dim)
         raise
-    return out.reshape(moved_shape).movedim(-1, dim)
+    return _unrows(out, logits, dim)
 
 
 def gumbel_max(
@@ -201,9 +224,11 @@ def gumbel_max(
     if not isinstance(logits, Tensor) or not _eligible(logits):
         return None
     _validate_logits(logits, dim)
-    moved_shape = logits.movedim(dim, -1).shape
     seed = _seed(generator, logits.device)
-    index = torch.ops.discograd.gumbel_argmax(_rows(logits, dim), seed).reshape(moved_shape[:-1])
+    rows = _rows(logits, dim)  # checks dim's range
+    d = dim % logits.dim()
+    index = torch.ops.discograd.gumbel_argmax(rows, seed)
+    index = index.reshape(logits.shape[:d] + logits.shape[d + 1 :])
     if one_hot:
         return torch.zeros_like(logits).scatter_(dim, index.unsqueeze(dim), 1.0)
     return index
