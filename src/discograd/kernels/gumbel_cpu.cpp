@@ -625,6 +625,27 @@ DG_INLINE acc_t log_acc(acc_t x) {
   }
 }
 
+// Lanes whose sum is NaN exactly when some lane of v is NaN or +inf: f - f is 0 for finite f
+// (and for -inf lanes, replaced by 0 first), NaN otherwise.
+template <typename acc_t>
+DG_INLINE vec16<acc_t> nan_lanes(const vec16<acc_t>& v) {
+  const vec16<acc_t> f = v > -std::numeric_limits<acc_t>::infinity() ? v : vsplat<acc_t>(0);
+  return f - f;
+}
+
+// The first index of z[0, cols) equal to its max m; when nan_check (a sum of nan_lanes) is
+// NaN, the first NaN instead, as torch's arg max; 0 when there is none (a +inf entry).
+template <typename acc_t>
+DG_INLINE int64_t first_max_index(const acc_t* z, int64_t cols, acc_t m, acc_t nan_check) {
+  int64_t idx = 0;
+  if (nan_check == nan_check) {
+    while (idx < cols && !(z[idx] == m)) ++idx;
+  } else {
+    while (idx < cols && z[idx] == z[idx]) ++idx;
+  }
+  return idx < cols ? idx : 0;
+}
+
 // z = x + G into buf (G: the row's noise); returns max z, and the first index attaining it in
 // *argmax.
 template <typename Isa, typename scalar_t, typename acc_t>
@@ -634,7 +655,6 @@ DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, i
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   vec16<acc_t> vmax = vsplat<acc_t>(neg_inf);
   vec16<acc_t> vnan = vsplat<acc_t>(0);  // becomes NaN iff some z is NaN (+inf is excluded)
-  const vec16<acc_t> zero = vsplat<acc_t>(0);
   acc_t z[W];
   for (int64_t c0 = 0; c0 < cols; c0 += W) {
     if (c0 + W <= cols) {
@@ -649,10 +669,7 @@ DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, i
       }
       std::memcpy(buf + c0, &v, sizeof(v));
       vmax = v > vmax ? v : vmax;
-      if (argmax != nullptr) {
-        const vec16<acc_t> f = v > neg_inf ? v : zero;
-        vnan += f - f;
-      }
+      if (argmax != nullptr) vnan += nan_lanes<acc_t>(v);
       continue;
     }
     // The tail: with lane masks it stays in a register (-inf past the row); otherwise it goes
@@ -672,24 +689,12 @@ DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, i
       v = vload(z);
     }
     vmax = v > vmax ? v : vmax;
-    if (argmax != nullptr) {
-      const vec16<acc_t> f = v > neg_inf ? v : zero;
-      vnan += f - f;
-    }
+    if (argmax != nullptr) vnan += nan_lanes<acc_t>(v);
   }
   // NaN logits pass only with validation off; then, as in torch, the softmax is NaN (the NaN
   // reaches the sum of exponentials) and the arg max is the first NaN.
   const acc_t m = hmax<acc_t>(vmax);
-  if (argmax != nullptr) {
-    const acc_t nan_check = hsum<acc_t>(vnan);
-    int64_t idx = 0;
-    if (nan_check == nan_check) {
-      while (idx < cols && !(buf[idx] == m)) ++idx;
-    } else {
-      while (idx < cols && buf[idx] == buf[idx]) ++idx;
-    }
-    *argmax = idx < cols ? idx : 0;
-  }
+  if (argmax != nullptr) *argmax = first_max_index<acc_t>(buf, cols, m, hsum<acc_t>(vnan));
   return m;
 }
 
@@ -808,20 +813,9 @@ DG_INLINE acc_t softmax_short_row(const acc_t* x, const acc_t* noise, acc_t* y, 
   const vec16<acc_t> out = vload(e) * vsplat<acc_t>(acc_t(1) / sum);
   Isa::store_tail(y, cols, out);
   if (hard != nullptr) {
-    // The first arg max, or with a NaN or +inf entry the first NaN (as perturb_row).
-    int64_t idx = 0;
-    acc_t nan_check = 0;
-    for (int64_t k = 0; k < cols; ++k) {
-      const acc_t f = zl[k] > neg_inf ? zl[k] : acc_t(0);
-      nan_check += f - f;
-    }
-    if (nan_check == nan_check) {
-      while (idx < cols && !(zl[idx] == m)) ++idx;
-    } else {
-      while (idx < cols && zl[idx] == zl[idx]) ++idx;
-    }
+    const int64_t idx = first_max_index<acc_t>(zl, cols, m, tree_sum<acc_t>(nan_lanes<acc_t>(z)));
     std::memset(static_cast<void*>(hard), 0, cols * sizeof(acc_t));
-    hard[idx < cols ? idx : 0] = acc_t(1);
+    hard[idx] = acc_t(1);
   }
   return sum;
 }
