@@ -54,6 +54,21 @@ def acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def run_python(code: str, *argv: str, flags: tuple = (), cwd=None, **env: str) -> str:
+    """``python [flags] -c code argv...`` in a fresh process (one OpenMP thread, ``env`` added
+    to this one's); asserts that it succeeded and returns its stdout."""
+    out = subprocess.run(
+        [sys.executable, *flags, "-c", code, *argv],
+        env=dict(os.environ, OMP_NUM_THREADS="1", **env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # An independent Philox-4x32-10 and noise transform in NumPy.
 
@@ -467,16 +482,7 @@ def test_lower_instruction_set_variants(cap, name):
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     if cap == "avx2" and not {"avx2", "fma"} <= set(flags):
         pytest.skip("this CPU has no AVX2 + FMA (environment, not a missing feature)")
-    env = dict(os.environ, DISCOGRAD_CPU_ISA=cap, OMP_NUM_THREADS="1")
-    out = subprocess.run(
-        [sys.executable, "-c", ISA_CHECK, name],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "isa ok" in out.stdout
+    assert "isa ok" in run_python(ISA_CHECK, name, DISCOGRAD_CPU_ISA=cap)
 
 
 def test_unknown_instruction_set_cap_is_reported():
@@ -486,12 +492,7 @@ def test_unknown_instruction_set_cap_is_reported():
         "assert s['path'] == 'reference' and 'DISCOGRAD_CPU_ISA' in s['reason'], s\n"
         "print('reported')\n"
     )
-    env = dict(os.environ, DISCOGRAD_CPU_ISA="avx", OMP_NUM_THREADS="1")
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "reported" in out.stdout
+    assert "reported" in run_python(code, DISCOGRAD_CPU_ISA="avx")
 
 
 def test_env_var_forces_reference_path_in_subprocess():
@@ -508,12 +509,7 @@ def test_env_var_forces_reference_path_in_subprocess():
         "torch.testing.assert_close(y, torch.softmax((x - torch.log(e)) / 0.5, -1))\n"
         "print('reference ok')\n"
     )
-    env = dict(os.environ, DISCOGRAD_DISABLE_KERNELS="1", OMP_NUM_THREADS="1")
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
-    assert "reference ok" in out.stdout
+    assert "reference ok" in run_python(code, DISCOGRAD_DISABLE_KERNELS="1")
 
 
 def test_torch_compile_fullgraph_traces_fast_path():
@@ -675,19 +671,10 @@ def triton_interpreter_checks() -> None:
 
 @pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
 def test_triton_kernels_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     code = "from tests.test_kernels import triton_interpreter_checks as c; c()"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "triton interpreter ok" in out.stdout
+    out = run_python(code, flags=("-W", "ignore"), cwd=root, TRITON_INTERPRET="1")
+    assert "triton interpreter ok" in out
 
 
 @pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")

@@ -20,7 +20,7 @@ from typing import Dict, List
 import pytest
 import torch
 
-from discograd import kernels
+from tests.test_kernels import fast_cpu, seed_tensor  # noqa: F401 (fast_cpu: autouse fixture)
 
 ops = torch.ops.discograd
 THP = Path("/sys/kernel/mm/transparent_hugepage")
@@ -28,18 +28,6 @@ LARGE = 32 << 20  # bytes: the kernel's threshold for the hint
 HUGE = 2 << 20  # bytes per huge page
 # 2100 x 4096 float32 = 34.4 MB: just above the threshold.
 ROWS, COLS = 2100, 4096
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_cpu():
-    if kernels._disabled():
-        pytest.skip(f"{kernels.DISABLE_ENV} is set for this whole run")
-    state = kernels.status()["cpu"]
-    assert state["path"] == "fast", state["reason"]
-
-
-def seed_tensor(value: int) -> torch.Tensor:
-    return torch.tensor([value], dtype=torch.int64)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
