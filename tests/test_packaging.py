@@ -116,7 +116,7 @@ def test_wheel_contents(wheel: Path):
     # Licence and the console script.
     assert meta["License-Expression"] == "MIT"
     assert f"{info}/licenses/LICENSE" in files
-    assert re.search(r"\[console_scripts\]\s*\ndiscograd\s*=\s*discograd\.cli:main", entry_points)
+    assert re.search(r"\[console_scripts\]\s*\ndiscograd\s*=\s*discograd\.cli:entry", entry_points)
     # A minimal install pulls only torch, numpy, tqdm (and ninja, which builds the CPU kernel
     # at first use); the rest are extras.
     requires = meta.get_all("Requires-Dist")

@@ -1,5 +1,5 @@
 """``python -m discograd`` runs the same command line as the ``discograd`` script."""
 
-from discograd.cli import main
+from discograd.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -36,7 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, NoReturn, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ __all__ = [
     "all_reduce_sum",
     "backend_for",
     "broadcast_object",
+    "exit_process",
     "gather_objects",
     "is_main",
     "launch",
@@ -156,6 +157,30 @@ def teardown(ctx: Context) -> None:
     """End the process group if :func:`setup` created it."""
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with exit status ``code``, as the command-line entry points do.
+
+    A process that joined a process group of several ranks (``WORLD_SIZE`` > 1) flushes its
+    standard streams and leaves with :func:`os._exit`, skipping the interpreter's shutdown;
+    any other process raises :class:`SystemExit` as usual. Why: gloo's worker threads drop
+    their references to a collective's tensors a moment after the collective completes, and
+    dropping a tensor that Python has seen takes the GIL. If the main thread has begun
+    finalising the interpreter by then, the worker thread is made to exit inside a C++
+    destructor and the process aborts ("terminate called without an active exception",
+    SIGABRT; pytorch/pytorch#190489). :func:`teardown` cannot prevent it:
+    ``destroy_process_group`` leaves those threads running. Files are closed by then: the
+    trainer closes everything it writes.
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream has nothing left to say
+                pass
+        os._exit(code)
+    raise SystemExit(code)
 
 
 def rank_seed(seed: int, rank: int, *salt: int) -> int:
@@ -300,4 +325,4 @@ def _worker(path: str) -> int:
 
 
 if __name__ == "__main__":  # a worker started by launch()
-    raise SystemExit(_worker(sys.argv[1]))
+    exit_process(_worker(sys.argv[1]))

@@ -1,7 +1,8 @@
 """The ``discograd`` command line: one subcommand a module of this package.
 
 Each command module defines ``add_parser(subparsers)`` that adds its parser and sets
-``func=run`` on it; ``main`` dispatches. ``python -m discograd`` is the same entry point.
+``func=run`` on it; ``main`` dispatches; ``entry`` (the ``discograd`` script and
+``python -m discograd``) calls it and exits with its status.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 # Subcommand modules, in the order ``discograd --help`` lists them.
 COMMANDS = ("vae", "diagnose", "gan", "toy", "sbn", "semisup", "compare", "doctor")
@@ -40,3 +41,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
+
+
+def entry() -> NoReturn:
+    """The ``discograd`` script and ``python -m discograd``: :func:`main`, then exit with its
+    status through :func:`discograd.distributed.exit_process` (which a rank of a multi-process
+    run needs to end without aborting)."""
+    from discograd.distributed import exit_process
+
+    exit_process(main())
