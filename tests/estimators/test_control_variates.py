@@ -30,8 +30,9 @@ ETA, TAU = 0.7, 0.3  # non-trivial fixed control-variate parameters
 
 def _draws(est, problem, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return grad_draws(est, problem.f, problem.logits, N_DRAWS,
-                      distribution=problem.distribution, generator=g)
+    return grad_draws(
+        est, problem.f, problem.logits, N_DRAWS, distribution=problem.distribution, generator=g
+    )
 
 
 def _exact(problem):
@@ -179,8 +180,9 @@ def test_arm_pairs_are_exact_bernoulli_samples_and_value_is_their_mean(cls):
         return torch.sin((z * w).sum(-1))
 
     s = 4000
-    out = cls(n_samples=s)(f, logits, distribution="bernoulli",
-                           generator=torch.Generator().manual_seed(0))
+    out = cls(n_samples=s)(
+        f, logits, distribution="bernoulli", generator=torch.Generator().manual_seed(0)
+    )
     z = seen[0]
     assert z.shape == (2 * s, 5) and set(z.unique().tolist()) <= {0.0, 1.0}
     assert torch.allclose(out, torch.sin((z * w).sum(-1)).mean(), rtol=1e-12)
@@ -217,8 +219,11 @@ def test_registry_options_and_bad_input():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_rebar_and_relax_stay_finite_with_masks_and_low_precision(dtype):
-    logits = torch.tensor([[0.3, float("-inf"), 1.0, -0.5], [2.0, 0.1, float("-inf"), -9.0]],
-                          dtype=dtype, requires_grad=True)
+    logits = torch.tensor(
+        [[0.3, float("-inf"), 1.0, -0.5], [2.0, 0.1, float("-inf"), -9.0]],
+        dtype=dtype,
+        requires_grad=True,
+    )
     c = torch.arange(8.0).reshape(2, 4).to(dtype)
     seen = []
 
@@ -253,8 +258,9 @@ def _f_with_parameter():
     return f, w, seen
 
 
-@pytest.mark.parametrize("make", [lambda: _rebar(), lambda: _relax(BERNOULLI[1])],
-                         ids=["rebar", "relax"])
+@pytest.mark.parametrize(
+    "make", [lambda: _rebar(), lambda: _relax(BERNOULLI[1])], ids=["rebar", "relax"]
+)
 def test_variance_training_leaves_logits_and_f_gradients_alone(make):
     logits0 = torch.tensor([[-0.4, 1.2, 0.3], [0.9, -1.5, 0.0]], dtype=torch.float64)
     grads = {}

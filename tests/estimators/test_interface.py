@@ -119,8 +119,14 @@ def test_masked_categories_are_never_sampled_and_gradients_stay_finite():
 def test_reinforce_is_unbiased(problem):
     _, exact = exact_grad(problem.f, problem.logits, problem.distribution)
     g = torch.Generator().manual_seed(11)
-    draws = grad_draws(Reinforce(), problem.f, problem.logits, 40000,
-                       distribution=problem.distribution, generator=g)
+    draws = grad_draws(
+        Reinforce(),
+        problem.f,
+        problem.logits,
+        40000,
+        distribution=problem.distribution,
+        generator=g,
+    )
     assert_mean_close(draws, exact)
 
 
@@ -141,8 +147,14 @@ class _SampleDependentBaseline(Reinforce):
 def test_reinforce_negative_control_is_rejected(problem):
     _, exact = exact_grad(problem.f, problem.logits, problem.distribution)
     g = torch.Generator().manual_seed(11)
-    draws = grad_draws(_SampleDependentBaseline(), problem.f, problem.logits, 40000,
-                       distribution=problem.distribution, generator=g)
+    draws = grad_draws(
+        _SampleDependentBaseline(),
+        problem.f,
+        problem.logits,
+        40000,
+        distribution=problem.distribution,
+        generator=g,
+    )
     assert not mean_is_close(draws, exact)
 
 
@@ -195,8 +207,11 @@ def test_surrogate_value_is_the_monte_carlo_mean_and_f_params_get_their_gradient
         return scale * (z * torch.arange(5.0, dtype=torch.float64)).sum((-1, -2))
 
     g = torch.Generator().manual_seed(0)
-    for name, opts in [("reinforce", {"n_samples": 7}), ("st", {"n_samples": 3}),
-                       ("gumbel-softmax", {"n_samples": 4})]:
+    for name, opts in [
+        ("reinforce", {"n_samples": 7}),
+        ("st", {"n_samples": 3}),
+        ("gumbel-softmax", {"n_samples": 4}),
+    ]:
         recorded.clear()
         out = estimators.get(name, **opts)(f, logits, generator=g)
         z = recorded[-1]

@@ -89,8 +89,14 @@ def _make(name, problem, cls=None, **opts):
 
 def _draws(est, problem, logits=None, seed=1, n=N_DRAWS):
     logits = problem.logits if logits is None else logits
-    return grad_draws(est, problem.f, logits, n, distribution="bernoulli",
-                      generator=torch.Generator().manual_seed(seed))
+    return grad_draws(
+        est,
+        problem.f,
+        logits,
+        n,
+        distribution="bernoulli",
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _exact(problem, logits=None):
@@ -104,8 +110,9 @@ def _exact(problem, logits=None):
 def _conditional_cdf(x, a, b):
     """CDF of s = a + L given b = 1[s > 0], L logistic (float64)."""
     p1 = torch.sigmoid(a)
-    return torch.where(b > 0.5, (torch.sigmoid(x - a) - (1 - p1)) / p1,
-                       torch.sigmoid(x - a) / (1 - p1))
+    return torch.where(
+        b > 0.5, (torch.sigmoid(x - a) - (1 - p1)) / p1, torch.sigmoid(x - a) / (1 - p1)
+    )
 
 
 A = torch.tensor([-2.0, 0.4, 1.5], dtype=torch.float64)
@@ -295,10 +302,13 @@ def test_finite_for_extreme_logits_and_low_precision(dtype, coupling):
     logits = torch.tensor([[-30.0, -3.0, 0.0], [0.5, 4.0, 30.0]], dtype=dtype, requires_grad=True)
     c = torch.arange(6.0).reshape(2, 3).to(dtype)
     g = torch.Generator().manual_seed(0)
-    for est in [REBAR(n_samples=8, coupling=coupling),
-                RELAX(in_features=3, n_samples=8, coupling=coupling)]:
-        out = est(lambda z: ((z * c).sum(-1) - 1.0) ** 2, logits, distribution="bernoulli",
-                  generator=g)
+    for est in [
+        REBAR(n_samples=8, coupling=coupling),
+        RELAX(in_features=3, n_samples=8, coupling=coupling),
+    ]:
+        out = est(
+            lambda z: ((z * c).sum(-1) - 1.0) ** 2, logits, distribution="bernoulli", generator=g
+        )
         out.sum().backward()
         assert out.dtype == dtype and torch.isfinite(out).all()
         assert torch.isfinite(logits.grad).all()
