@@ -173,64 +173,37 @@ def thp_on():
     return mode
 
 
-def test_large_outputs_are_advised_small_ones_are_not(thp_on, large_case):
-    x, seed = large_case
-    soft = ops.gumbel_softmax(x, seed, 0.5, None)
-    hard, _ = ops.gumbel_softmax_hard(x, seed, 0.5, None)
-    gx, _ = ops.gumbel_softmax_backward(x, soft, 0.5, None, False)
-    noise = ops.gumbel_noise(seed, ROWS, COLS, torch.float32)
-    fresh = 0
-    for name, t in (("soft", soft), ("hard", hard), ("grad", gx), ("noise", noise)):
-        lo, hi = interior(t)
-        maps = mappings(lo, hi)
-        assert maps, name
-        if any(m["name"] == "[heap]" for m in maps):
-            # glibc served it from the heap's free space. The kernel leaves the heap alone, but
-            # "hg" there proves nothing either way: NumPy advises its own arrays of 4 MiB or
-            # more, heap memory included, and torch may reuse that memory after an earlier
-            # test freed the array. The next test checks the heap in a clean child process.
-            continue
-        else:
-            fresh += 1
-            assert all("hg" in m["flags"] for m in maps), (name, maps)
-    # Four live 34 MB outputs: glibc keeps at most 64 MiB free at the heap's top (by
-    # default), so most of them are fresh mappings and the advised path was exercised.
-    assert fresh >= 1
-    # Below the threshold the memory comes from the heap (or a small mapping): never advised.
-    small = ops.gumbel_softmax(x[:100].contiguous(), seed, 0.5, None)
-    maps = mappings(small.data_ptr(), small.data_ptr() + small.nbytes)
-    assert maps and not any("hg" in m["flags"] for m in maps), maps
-
-
-HEAP_CHILD = """
+# A fresh process makes the outputs and waits while the parent reads its /proc/<pid>/smaps:
+# where a large output lands depends on what the process freed before (glibc reuses free heap
+# chunks of any size), so only a clean process says which path the kernel took.
+CHILD = """
 import json, sys, torch
 from discograd import kernels
 assert kernels.status()["cpu"]["path"] == "fast"  # loads the C++ kernel
 ops = torch.ops.discograd
-x = torch.randn(2100, 4096)
-y = ops.gumbel_softmax(x, torch.tensor([7]), 0.5, None)
-hard, _ = ops.gumbel_softmax_hard(x, torch.tensor([7]), 0.5, None)
-print(json.dumps([[t.data_ptr(), t.nbytes] for t in (y, hard)]))
+x, seed = torch.randn(2100, 4096), torch.tensor([7])
+soft = ops.gumbel_softmax(x, seed, 0.5, None)
+hard, _ = ops.gumbel_softmax_hard(x, seed, 0.5, None)
+grad, _ = ops.gumbel_softmax_backward(x, soft, 0.5, None, False)
+noise = ops.gumbel_noise(seed, 2100, 4096, torch.float32)
+small = ops.gumbel_softmax(x[:100].contiguous(), seed, 0.5, None)
+out = dict(soft=soft, hard=hard, grad=grad, noise=noise, small=small)
+print(json.dumps({k: [t.data_ptr(), t.nbytes] for k, t in out.items()}))
 sys.stdout.flush()
-sys.stdin.readline()  # the parent reads /proc/<pid>/smaps while the tensors are alive
+sys.stdin.readline()
 """
 
 
-def test_fresh_heap_memory_is_never_advised(thp_on, tmp_path):
-    """glibc can serve a large output from fresh (never touched) memory at the heap's top.
-
-    With mmap switched off (MALLOC_MMAP_MAX_=0) every output comes from the brk heap, fresh
-    pages included, the case a CI machine met by chance: the kernel must leave the heap's
-    mapping whole. A control in the same child shows the memory really is the heap.
-    """
+def child_mappings(**env: str) -> Dict[str, List[Dict[str, object]]]:
+    """The smaps entries under each output of :data:`CHILD` (the 2 MiB-aligned interior of the
+    large ones, the whole of ``small``), in a fresh process with ``env`` added."""
     import json
     import os
     import subprocess
 
-    env = dict(os.environ, MALLOC_MMAP_MAX_="0", OMP_NUM_THREADS="1")
     child = subprocess.Popen(
-        [sys.executable, "-c", HEAP_CHILD],
-        env=env,
+        [sys.executable, "-c", CHILD],
+        env=dict(os.environ, OMP_NUM_THREADS="1", **env),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -239,16 +212,43 @@ def test_fresh_heap_memory_is_never_advised(thp_on, tmp_path):
         assert child.stdout is not None and child.stdin is not None
         spans = json.loads(child.stdout.readline())
         smaps = Path(f"/proc/{child.pid}/smaps")
-        for ptr, nbytes in spans:
-            lo, hi = (ptr + HUGE - 1) // HUGE * HUGE, (ptr + nbytes) // HUGE * HUGE
-            maps = mappings(lo, hi, smaps)
-            assert maps and all(m["name"] == "[heap]" for m in maps), maps  # control
-            assert not any("hg" in m["flags"] for m in maps), maps
+        out = {}
+        for name, (ptr, nbytes) in spans.items():
+            lo, hi = ptr, ptr + nbytes
+            if name != "small":
+                lo, hi = (ptr + HUGE - 1) // HUGE * HUGE, (ptr + nbytes) // HUGE * HUGE
+            out[name] = mappings(lo, hi, smaps)
+            assert out[name], name
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.wait(timeout=60) == 0
+        return out
     finally:
         child.kill()
+
+
+def test_large_outputs_are_advised_small_ones_are_not(thp_on):
+    maps = child_mappings()
+    small = maps.pop("small")
+    for name, entries in maps.items():
+        # Control: in a clean process glibc maps a 34 MB block afresh (above its largest
+        # mmap threshold, 32 MiB, with no free heap chunk that large).
+        assert not any(m["name"] == "[heap]" for m in entries), (name, entries)
+        assert all("hg" in m["flags"] for m in entries), (name, entries)
+    # Below the threshold (1.6 MB): never advised, wherever it lands.
+    assert not any("hg" in m["flags"] for m in small), small
+
+
+def test_fresh_heap_memory_is_never_advised(thp_on):
+    """glibc can serve a large output from fresh (never touched) memory at the heap's top.
+
+    With mmap switched off (MALLOC_MMAP_MAX_=0) every output comes from the brk heap, fresh
+    pages included, the case a CI machine met by chance: the kernel must leave the heap's
+    mapping whole. A control in the same child shows the memory really is the heap.
+    """
+    for name, entries in child_mappings(MALLOC_MMAP_MAX_="0").items():
+        assert all(m["name"] == "[heap]" for m in entries), (name, entries)  # control
+        assert not any("hg" in m["flags"] for m in entries), (name, entries)
 
 
 def test_large_forward_gets_huge_pages(thp_on):
