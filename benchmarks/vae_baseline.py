@@ -2,6 +2,7 @@ r"""Steps per second of ``discograd vae`` against the same VAE written in plain 
 
     python benchmarks/vae_baseline.py                      # the command's defaults, 1 thread
     python benchmarks/vae_baseline.py --threads 2 --repeats 7
+    python benchmarks/vae_baseline.py --threads 2 --compiled   # also discograd vae --compile
 
 The plain implementation (:class:`PlainVAE`, :func:`st_gumbel_softmax`, :func:`plain_train`)
 imports nothing from discograd: it is what a user would write by hand for the model and the
@@ -214,8 +215,9 @@ def library_argv(args: argparse.Namespace, out: str) -> List[str]:
     ]  # fmt: skip
 
 
-def library_rate(args: argparse.Namespace) -> Run:
-    """``discograd vae`` (the command, in process), timed like :func:`plain_rate`.
+def library_rate(args: argparse.Namespace, extra: Sequence[str] = ()) -> Run:
+    """``discograd vae`` (the command, in process, with the options ``extra`` added), timed like
+    :func:`plain_rate`.
 
     The clock is read after each optimizer step through ``Estimator.step``, which ``fit`` calls
     once per update, right after ``optimizer.step()`` (as the plain loop's ``on_step``); the
@@ -238,7 +240,7 @@ def library_rate(args: argparse.Namespace) -> Run:
     stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
     try:
         with tempfile.TemporaryDirectory() as out:
-            code = main(library_argv(args, out))
+            code = main([*library_argv(args, out), *extra])
             rows = (Path(out) / "metrics.jsonl").read_text().splitlines()
     finally:
         Estimator.step = original  # type: ignore[method-assign]
@@ -266,9 +268,11 @@ def _library_reference_rate(args: argparse.Namespace) -> Run:
 def measure(args: argparse.Namespace) -> Dict[str, object]:
     """Interleaved repeats of each variant; medians and the ratios to the plain loop.
 
-    Variants: ``plain`` (this file's loop), ``library`` (``discograd vae`` as shipped) and,
-    with ``--reference``, ``library-reference`` (the command with its fused kernels off, to
-    separate the training loop's overhead from the kernels' gain).
+    Variants: ``plain`` (this file's loop), ``library`` (``discograd vae`` as shipped),
+    with ``--reference`` ``library-reference`` (the command with its fused kernels off, to
+    separate the training loop's overhead from the kernels' gain), and with ``--compiled``
+    ``library-compiled`` (the command with ``--compile``; its compilation falls in the warmup
+    steps, and a later repeat reuses torch.compile's caches of the same process).
     """
     from discograd.cli.vae import load_dataset
 
@@ -281,6 +285,8 @@ def measure(args: argparse.Namespace) -> Dict[str, object]:
     }
     if args.reference:
         runs["library-reference"] = lambda: _library_reference_rate(args)
+    if args.compiled:
+        runs["library-compiled"] = lambda: library_rate(args, ["--compile"])
     names = list(runs)
     wall: Dict[str, List[float]] = {name: [] for name in names}
     cpu: Dict[str, List[float]] = {name: [] for name in names}
@@ -333,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         action="store_true",
         help="also time discograd vae with its fused kernels off (DISCOGRAD_DISABLE_KERNELS=1)",
+    )
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time discograd vae --compile (torch.compile of the training step)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     p.add_argument("--verbose", action="store_true", help="print every run")

@@ -15,7 +15,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import discograd.nn as dnn
 from discograd import estimators
-from discograd.schedules import Constant, ExponentialDecay, LearnedTemperature, as_schedule
+from discograd.schedules import (
+    Constant,
+    ExponentialDecay,
+    LearnedTemperature,
+    as_schedule,
+    at_step,
+)
 
 
 def test_constant_returns_its_value_at_every_step():
@@ -179,6 +185,26 @@ def test_schedule_follows_the_steps_through_a_checkpoint(kind):
     parent = nn.Sequential(_COUNTED[kind]())
     parent.load_state_dict({"0.num_steps": torch.tensor(9)})
     assert parent[0].temperature() == _harmonic(9)
+
+
+def test_schedules_that_ignore_the_step_are_not_given_one():
+    # So that code traced by torch.compile never reads the counter for them (a graph break).
+    def count():
+        calls.append(1)
+        return 7
+
+    calls: list = []
+    assert at_step(Constant(0.3), count) == 0.3 and calls == []
+    assert at_step(LearnedTemperature(0.9), count).item() == pytest.approx(0.9) and calls == []
+    decay = ExponentialDecay(1.0, 0.1, 0.01, every=1)
+    assert at_step(decay, count) == decay(7) and calls == [1]
+    assert at_step(lambda step: 1.0 / (1 + step), count) == 1 / 8 and calls == [1, 1]
+    # An estimator with a constant temperature reads no counter, even a stale one.
+    est = estimators.get("gumbel-softmax", tau=0.4)
+    est.num_steps = torch.tensor(5)  # marks the host mirror stale
+    with _HostReads() as reads:
+        assert est.temperature() == 0.4
+    assert reads.count == 0
 
 
 @pytest.mark.parametrize("kind", sorted(_COUNTED))

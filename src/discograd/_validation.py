@@ -49,7 +49,8 @@ def check_logits(
     """Reject non-float, NaN, +inf logits, and (when ``dim`` is given) fully masked rows.
 
     ``contents=False`` keeps only the checks of type and shape (those that need no look at the
-    values), as ``set_validate_args(False)`` does; the kernels use it under torch.compile.
+    values), as ``set_validate_args(False)`` does. Code traced by torch.compile gets those
+    checks only: a look at the values is a data-dependent branch, a graph break at every call.
 
     The contents are screened with one reduction and one device sync (see
     :func:`_logits_look_valid`); only input the screen cannot clear gets the detailed passes
@@ -63,7 +64,7 @@ def check_logits(
         raise ValueError(f"{name} must have at least one dimension (the categories)")
     if dim is not None:
         check_dim(logits, dim, name)
-    if not (_enabled and contents):
+    if not (_enabled and contents) or torch.compiler.is_compiling():
         return
     # Before the screen: an empty dim means no entries, which the screen would clear.
     if dim is not None and logits.shape[dim] == 0:

@@ -3,7 +3,10 @@ r"""Temperature schedules: small callables ``step -> tau`` used by every relaxat
 A schedule is any callable taking the estimator's step count (an ``int``) and returning a
 positive float or tensor. Estimators hold their schedule and a step counter that
 ``Estimator.step()`` (or the trainer) advances once per optimizer step; the counter is a buffer,
-so it is saved in ``state_dict`` and restored on resume.
+so it is saved in ``state_dict`` and restored on resume. A schedule that ignores the count may
+say so with a class attribute ``depends_on_step = False`` (:class:`Constant` and
+:class:`LearnedTemperature` do): it is then called with 0 (:func:`at_step`), so that code
+traced by torch.compile does not read the count (a graph break).
 
 - :class:`Constant`: :math:`\tau_t = \tau`.
 - :class:`ExponentialDecay`: Jang et al. (2016),
@@ -23,13 +26,22 @@ from torch import Tensor, nn
 
 from discograd._validation import check_tau
 
-__all__ = ["Constant", "ExponentialDecay", "LearnedTemperature", "as_schedule", "Schedule"]
+__all__ = [
+    "Constant",
+    "ExponentialDecay",
+    "LearnedTemperature",
+    "as_schedule",
+    "at_step",
+    "Schedule",
+]
 
 Schedule = Callable[[int], Union[float, Tensor]]
 
 
 class Constant:
     """tau_t = tau for every step."""
+
+    depends_on_step = False
 
     def __init__(self, tau: Union[float, Tensor] = 1.0) -> None:
         check_tau(tau)
@@ -70,6 +82,8 @@ class ExponentialDecay:
 class LearnedTemperature(nn.Module):
     """A trainable temperature tau = tau_min + exp(s), initialised at ``init``."""
 
+    depends_on_step = False
+
     def __init__(self, init: float = 1.0, tau_min: float = 0.0) -> None:
         super().__init__()
         check_tau(init, name="init")
@@ -80,6 +94,12 @@ class LearnedTemperature(nn.Module):
 
     def forward(self, step: int = 0) -> Tensor:
         return self.tau_min + self.log_excess.exp()
+
+
+def at_step(schedule: Schedule, step: Callable[[], int]) -> Union[float, Tensor]:
+    """``schedule(step())``; ``step`` is not called when the schedule declares
+    ``depends_on_step = False``."""
+    return schedule(step() if getattr(schedule, "depends_on_step", True) else 0)
 
 
 def as_schedule(tau: Union[float, Tensor, Schedule]) -> Schedule:

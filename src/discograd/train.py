@@ -35,7 +35,11 @@ is reseeded).
 Numerics. ``precision="bf16"`` or ``"fp16"`` runs the experiment's loss under torch.autocast
 (fp16 with a GradScaler, whose state the checkpoint keeps); evaluation stays in full precision.
 ``compile=True`` hands the training step (the experiment's loss through the model and the
-estimator, and its backward) to torch.compile.
+estimator, and its backward) to torch.compile. Dynamo cannot trace a ``torch.Generator``, so the
+compiled step is called without one and draws from the global generator, loaded with the noise
+stream's state for the call (the stream stays the run's: per rank, checkpointed, resumed
+exactly). Estimators with ``compilable = False`` (those that differentiate inside their call)
+are refused with :class:`ConfigError` before anything runs.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from discograd.distributed import Context
 __all__ = [
     "PRECISIONS",
     "CheckpointError",
+    "ConfigError",
     "Experiment",
     "FitResult",
     "NonFiniteLossError",
@@ -93,6 +98,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, truncated, or from another run."""
+
+
+class ConfigError(ValueError):
+    """Settings that cannot train together, found before anything is trained or written."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -296,6 +305,12 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
             f"batch_size ({cfg.batch_size}) is the global batch: it must be at least the number "
             f"of processes ({ctx.world_size})"
         )
+    if cfg.compile and not getattr(experiment.estimator, "compilable", True):
+        raise ConfigError(
+            f"compile=True cannot train estimator {experiment.estimator.name!r}: it takes "
+            f"derivatives inside its call (torch.autograd.grad, keeping the graph), which "
+            f"torch.compile's compiled backward does not support; train it without compile"
+        )
     model = experiment.model.to(device)
     estimator = experiment.estimator.to(device)
     optimizer = torch.optim.Adam(_unique_parameters(model, estimator), lr=cfg.lr)
@@ -378,7 +393,7 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
         )
     step_fn: Callable[..., Tuple[Tensor, Mapping[str, Any]]] = step_module
     if cfg.compile:
-        step_fn = torch.compile(step_module)
+        step_fn = _CompiledStep(step_module)
     shard_batch = getattr(experiment, "shard_batch", distributed.shard)
 
     eval_seconds = 0.0
@@ -518,6 +533,47 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
 
 # ---------------------------------------------------------------------------------------------
 # Helpers of the loop.
+
+
+class _CompiledStep:
+    """torch.compile of the training step, called without the noise generator.
+
+    Dynamo cannot trace a ``torch.Generator``: each draw from one (every estimator's noise)
+    is a graph break, which made the compiled VAE step slower than eager (2.85 against
+    2.41 ms a step on 2 cores). The compiled step draws from the global generator of the
+    generator's device instead, loaded with the noise generator's state before the call and
+    read back after it: the noise stream is still the trainer's (per rank, checkpointed), and
+    the global generator is left as it was. Random values differ from the eager step's
+    (Inductor draws its own way), reproducibly.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.fn = torch.compile(module)
+
+    def __call__(
+        self, batch: Any, step: int, generator: torch.Generator
+    ) -> Tuple[Tensor, Mapping[str, Any]]:
+        with _global_rng_from(generator):
+            return self.fn(batch, step, None)
+
+
+@contextlib.contextmanager
+def _global_rng_from(generator: torch.Generator) -> Iterator[None]:
+    """Run the block on the global generator of ``generator``'s device, set to its state; then
+    store the advanced state back in ``generator`` and restore the global one."""
+    device = generator.device
+    if device.type == "cuda":
+        get = lambda: torch.cuda.get_rng_state(device)  # noqa: E731
+        put = lambda state: torch.cuda.set_rng_state(state, device)  # noqa: E731
+    else:
+        get, put = torch.get_rng_state, torch.set_rng_state
+    saved = get()
+    put(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(get())
+        put(saved)
 
 
 class _LossModule(nn.Module):

@@ -30,7 +30,7 @@ def test_every_registered_estimator_documents_itself():
         cls = type(estimators.get(name))
         module_doc = __import__(cls.__module__, fromlist=["_"]).__doc__ or ""
         assert len(module_doc) > 100, f"{name}: module docstring should give the formula"
-        assert isinstance(cls.unbiased, bool)
+        assert isinstance(cls.unbiased, bool) and isinstance(cls.compilable, bool)
         assert cls.distributions, name
 
 

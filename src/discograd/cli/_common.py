@@ -448,8 +448,9 @@ def run_command(
     ``errors`` there is reported as ``discograd COMMAND: error: ...`` with exit status 2
     (nothing trained, nothing written); with ``--nproc N`` the command then restarts in N
     processes and returns their status; otherwise ``train(built)`` returns the status, a
-    non-finite loss or an unusable checkpoint ending it with status 1."""
-    from discograd.train import CheckpointError, NonFiniteLossError
+    :class:`~discograd.train.ConfigError` ending it with status 2 as well, a non-finite loss
+    or an unusable checkpoint with status 1."""
+    from discograd.train import CheckpointError, ConfigError, NonFiniteLossError
 
     try:
         built = setup()
@@ -462,6 +463,9 @@ def run_command(
         return code
     try:
         return train(built)
+    except ConfigError as exc:  # found by fit before it trained or wrote anything
+        print(f"discograd {command}: error: {exc}", file=sys.stderr)
+        return 2
     except (NonFiniteLossError, CheckpointError) as exc:
         print(f"discograd {command}: {exc}", file=sys.stderr)
         return 1

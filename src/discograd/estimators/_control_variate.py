@@ -131,6 +131,7 @@ class ControlVariateEstimator(Estimator):
 
     distributions = ("categorical", "bernoulli")
     unbiased = True
+    compilable = False  # torch.autograd.grad in the call, graph kept (see Estimator)
     rebar_term = True
 
     def __init__(

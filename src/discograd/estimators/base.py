@@ -25,7 +25,7 @@ from torch.distributions import Distribution
 
 from discograd._validation import check_positive_int
 from discograd.estimators._family import Family, make_family
-from discograd.schedules import Schedule, as_schedule
+from discograd.schedules import Schedule, as_schedule, at_step
 
 LossFn = Callable[[Tensor], Tensor]
 LogitsLike = Union[Tensor, Distribution]
@@ -139,15 +139,18 @@ class Estimator(StepCounter):
     """Base class: subclasses implement :meth:`estimate`.
 
     Class attributes document the estimator and are checked by the tests: ``distributions``
-    (which inputs it accepts), ``unbiased`` and ``evaluations`` (evaluations of f per call, for
-    n_samples = 1). The step counter (``num_steps``, :meth:`step`) comes from
-    :class:`StepCounter`.
+    (which inputs it accepts), ``unbiased``, ``evaluations`` (evaluations of f per call, for
+    n_samples = 1) and ``compilable`` (False for the estimators that take derivatives inside a
+    call with ``torch.autograd.grad`` and keep the graph, which torch.compile's compiled
+    backward does not support; ``TrainConfig(compile=True)`` refuses them). The step counter
+    (``num_steps``, :meth:`step`) comes from :class:`StepCounter`.
     """
 
     name: ClassVar[str] = ""
     distributions: ClassVar[Tuple[str, ...]] = ("categorical", "bernoulli")
     unbiased: ClassVar[bool] = False
     evaluations: ClassVar[str] = "1"
+    compilable: ClassVar[bool] = True
 
     def forward(
         self,
@@ -186,7 +189,7 @@ class Relaxed(Estimator):
 
     def temperature(self) -> Union[float, Tensor]:
         """The temperature for the current step (read from the host-side step count: no sync)."""
-        return self.tau_schedule(self.step_count)
+        return at_step(self.tau_schedule, lambda: self.step_count)
 
 
 # ---------------------------------------------------------------------------------------------

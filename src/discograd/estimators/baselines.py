@@ -85,10 +85,13 @@ class EMABaseline(Baseline):
         if not self.training:
             return
         m = fz.detach().mean().to(self.value.dtype)
+        # A new tensor, not an in-place update: a step compiled by torch.compile may keep the
+        # old value for its backward (NVIL divides by a function of it), and an in-place write
+        # would invalidate it.
         if bool(self.initialized):
-            self.value.mul_(self.decay).add_((1 - self.decay) * m)
+            self.value = self.decay * self.value + (1 - self.decay) * m
         else:
-            self.value.copy_(m)
+            self.value = m
             self.initialized.fill_(True)
 
 

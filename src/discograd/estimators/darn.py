@@ -62,6 +62,7 @@ class DARN(Estimator):
     """
 
     unbiased = False
+    compilable = False  # torch.autograd.grad in the call, graph kept (see Estimator)
     evaluations = "S"
 
     def __init__(self, n_samples: int = 1, center: Union[None, float, str] = None) -> None:

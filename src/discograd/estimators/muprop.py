@@ -45,6 +45,7 @@ class MuProp(Estimator):
     """Score function with the Taylor expansion of f at the mean as control variate."""
 
     unbiased = True
+    compilable = False  # torch.autograd.grad in the call, graph kept (see Estimator)
     evaluations = "S + 1"
 
     def __init__(self, n_samples: int = 1) -> None:

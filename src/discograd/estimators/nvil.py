@@ -124,7 +124,7 @@ class NVIL(Estimator):
     def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
         _, fz, log_q = score_draws(f, family, self.n_samples, generator)
         b = self.baseline(family, fz.dim() - 1)
-        c = self.centre.value.clone()  # the update below is in place
+        c = self.centre.value  # read before the update below replaces it
         if self.normalize:
             log_q = log_q / self.scale()  # scales the score term only: A = (l - c) / scale
         surrogate = score_surrogate(fz, log_q, b.detach() + c).mean(0)

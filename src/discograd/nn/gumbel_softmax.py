@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from discograd._validation import check_tau
 from discograd.estimators.base import StepCounter
 from discograd.ops import gumbel_softmax
-from discograd.schedules import Schedule
+from discograd.schedules import Schedule, at_step
 
 __all__ = ["GumbelSoftmax", "ScriptedGumbelSoftmax"]
 
@@ -90,9 +90,9 @@ class GumbelSoftmax(StepCounter):
         if "tau" in self._parameters or "tau" in self._buffers:
             return self.tau
         if "schedule" in self._modules:
-            return self.schedule(self.step_count)  # the host mirror: no device sync
+            return at_step(self.schedule, lambda: self.step_count)  # the host mirror: no sync
         if self._schedule is not None:
-            return self._schedule(self.step_count)
+            return at_step(self._schedule, lambda: self.step_count)
         assert self._tau_float is not None
         return self._tau_float
 
