@@ -669,6 +669,95 @@ def triton_interpreter_checks() -> None:
     print("triton interpreter ok")
 
 
+def triton_dispatch_checks() -> None:
+    """The public API over the Triton kernels, as on a GPU but through the interpreter: the
+    Triton functions registered as the operators' CPU kernels (in place of the C++ library,
+    never loaded here) and the fast path allowed for CUDA's dtypes. What runs is what a CUDA
+    call runs: the wrapper in discograd.kernels, torch's dispatch of the schema (which drops
+    trailing arguments equal to their default), the registered autograd and fake kernels, and
+    triton_gs's Python kernels."""
+    from discograd.kernels import _library, triton_gs
+
+    assert triton_gs.interpreter() and triton_gs.triton is not None, triton_gs._IMPORT_ERROR
+    _library.define()
+    for name, kernel in triton_gs.KERNELS.items():
+        torch.library.register_kernel(f"{_library.NAMESPACE}::{name}", "cpu", kernel)
+    kernels._cpu_ready = lambda: True
+    kernels.CPU_DTYPES = kernels.CUDA_DTYPES
+    gen = torch.Generator
+
+    x = torch.randn(6, 5, 40, generator=gen().manual_seed(0))
+    x[1, 2, :30] = -math.inf
+    for checked in (True, False):  # unchecked: the call leaves out check=False
+        discograd.set_validate_args(checked)
+        try:
+            for dtype in (torch.float32, torch.bfloat16):
+                xd = x.to(dtype).requires_grad_(True)
+                y = discograd.gumbel_softmax(xd, 0.6, generator=gen().manual_seed(1))
+                g = discograd.gumbel_noise(xd, generator=gen().manual_seed(1))
+                want = torch.softmax((x + g.float()) / 0.6, -1)
+                tol = 1e-6 if dtype == torch.float32 else 1e-2
+                torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol)
+                assert y.dtype == dtype and (y[1, 2, :30] == 0).all()
+                # Hard: the one-hot of the same scores, with the soft sample's gradient.
+                hard = discograd.gumbel_softmax(xd, 0.6, hard=True, generator=gen().manual_seed(1))
+                assert torch.equal(hard.detach().float().argmax(-1), want.argmax(-1))
+                w = torch.randn(x.shape, generator=gen().manual_seed(2)).to(dtype)
+                (gh,) = torch.autograd.grad((hard * w).sum(), xd)
+                (gs,) = torch.autograd.grad((y * w).sum(), xd)
+                assert torch.equal(gh, gs)
+                index = discograd.gumbel_max(xd.detach(), generator=gen().manual_seed(1))
+                assert torch.equal(index, want.argmax(-1))
+        finally:
+            discograd.set_validate_args(True)
+    # The backward against float64 autograd through the formula on the same noise, with a
+    # temperature per row and its gradient (unmasked rows: there the formula's tau gradient is
+    # NaN, -inf * 0, where the kernel's is right); categories along another dim.
+    xs = torch.randn(6, 5, 40, generator=gen().manual_seed(7))
+    x32 = xs.clone().requires_grad_(True)
+    tau = (torch.rand(6, 5, generator=gen().manual_seed(3)) + 0.3).requires_grad_(True)
+    y = discograd.gumbel_softmax(x32, tau, generator=gen().manual_seed(4))
+    g = discograd.gumbel_noise(xs, generator=gen().manual_seed(4)).double()
+    xr, tr = xs.double().requires_grad_(True), tau.detach().double().requires_grad_(True)
+    want = torch.softmax((xr + g) / tr.unsqueeze(-1), -1)
+    torch.testing.assert_close(y, want.float(), rtol=1e-6, atol=1e-6)
+    w = torch.randn(xs.shape, generator=gen().manual_seed(5))
+    got = torch.autograd.grad((y * w).sum(), (x32, tau))
+    ref = torch.autograd.grad((want * w.double()).sum(), (xr, tr))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-5)
+    moved = discograd.gumbel_softmax(x.transpose(1, 2), 0.6, dim=1, generator=gen().manual_seed(1))
+    again = discograd.gumbel_softmax(x, 0.6, generator=gen().manual_seed(1))
+    torch.testing.assert_close(moved.transpose(1, 2), again, rtol=1e-6, atol=1e-7)
+    # The fused check names the rule the logits break.
+    for bad, message in ((math.nan, "NaN"), (math.inf, r"\+inf")):
+        broken = x.clone()
+        broken[0, 0, 3] = bad
+        with pytest.raises(ValueError, match=message):
+            discograd.gumbel_softmax(broken, 0.6)
+    masked = x.clone()
+    masked[2, 1] = -math.inf
+    with pytest.raises(ValueError, match="all categories are masked"):
+        discograd.gumbel_softmax(masked, 0.6, hard=True)
+    # Traced by torch.compile without graph breaks, unchecked there, running the same kernels.
+    compiled = torch.compile(
+        lambda t: discograd.gumbel_softmax(t, 0.6, hard=True), fullgraph=True, backend="aot_eager"
+    )
+    torch.manual_seed(6)
+    out = compiled(x)
+    torch.manual_seed(6)
+    assert torch.equal(out, discograd.gumbel_softmax(x, 0.6, hard=True))
+    print("triton dispatch ok")
+
+
+@pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
+def test_the_cuda_path_runs_end_to_end_through_the_interpreter():
+    code = "from tests.test_kernels import triton_dispatch_checks as c; c()"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = run_python(code, flags=("-W", "ignore"), cwd=root, TRITON_INTERPRET="1")
+    assert "triton dispatch ok" in out
+
+
 @pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
 def test_triton_kernels_in_interpreter():
     code = "from tests.test_kernels import triton_interpreter_checks as c; c()"

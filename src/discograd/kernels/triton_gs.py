@@ -28,7 +28,9 @@ are in float32 whatever the input dtype.
   :math:`\nabla_\tau = -\tau^{-1}\sum_i y_i (g_i - \langle g, y\rangle)\log y_i`.
 
 With ``TRITON_INTERPRET=1`` the same host functions run on CPU tensors through Triton's
-interpreter, which is how the tests check these kernels on machines without a GPU.
+interpreter, which is how the tests check these kernels on machines without a GPU: the kernels
+against the C++ ones, and the whole public path (dispatch, autograd, torch.compile) with these
+functions registered as the operators' CPU kernels.
 """
 
 # Triton's language functions are typed for Python, not for the DSL: pyright sees `tl.log(x)`
