@@ -198,6 +198,14 @@ def test_schedules_that_ignore_the_step_are_not_given_one():
     assert at_step(LearnedTemperature(0.9), count).item() == pytest.approx(0.9) and calls == []
     decay = ExponentialDecay(1.0, 0.1, 0.01, every=1)
     assert at_step(decay, count) == decay(7) and calls == [1]
+    # Given the counter tensor (what traced code passes), the same temperature as a tensor,
+    # floor included.
+    for step in (0, 7, 13, 1000):
+        tau = decay(torch.tensor(step))
+        assert isinstance(tau, torch.Tensor) and tau.item() == pytest.approx(decay(step), 1e-15)
+    assert ExponentialDecay(2.0, 0.5, 0.3, every=4)(torch.tensor(9)).item() == pytest.approx(
+        max(0.3, 2.0 * math.exp(-0.5 * 8)), 1e-15
+    )
     assert at_step(lambda step: 1.0 / (1 + step), count) == 1 / 8 and calls == [1, 1]
     # An estimator with a constant temperature reads no counter, even a stale one.
     est = estimators.get("gumbel-softmax", tau=0.4)

@@ -33,6 +33,12 @@ def validate_args_enabled() -> bool:
     return _enabled
 
 
+def checks_contents() -> bool:
+    """Whether checks of tensor contents run here: switched on, and not in code traced by
+    torch.compile (a look at the values is a data-dependent branch: a graph break a call)."""
+    return _enabled and not torch.compiler.is_compiling()
+
+
 def check_dim(t: Tensor, dim: int, name: str = "logits") -> None:
     """IndexError unless ``dim`` indexes a dimension of ``t`` (torch's range, [-n, n - 1])."""
     n = t.dim()
@@ -64,7 +70,7 @@ def check_logits(
         raise ValueError(f"{name} must have at least one dimension (the categories)")
     if dim is not None:
         check_dim(logits, dim, name)
-    if not (_enabled and contents) or torch.compiler.is_compiling():
+    if not (contents and checks_contents()):
         return
     # Before the screen: an empty dim means no entries, which the screen would clear.
     if dim is not None and logits.shape[dim] == 0:
@@ -100,9 +106,10 @@ def _logits_look_valid(logits: Tensor, dim: int | None) -> bool:
 
 
 def check_tau(tau: TauLike, *, name: str = "tau") -> None:
-    """Reject temperatures that are not finite and strictly positive."""
+    """Reject temperatures that are not finite and strictly positive (a tensor's values are not
+    looked at in code traced by torch.compile, as in :func:`check_logits`)."""
     if isinstance(tau, Tensor):
-        if not _enabled:
+        if not checks_contents():
             return
         # One pass clears the usual input (NaN fails both comparisons); the passes below
         # find which rule bad input breaks.
@@ -154,7 +161,7 @@ def check_positive_int(value: int, *, name: str, minimum: int = 1) -> None:
 
 def check_probs(probs: Tensor, *, name: str = "probs", dim: int = -1, atol: float = 1e-4) -> None:
     """Probabilities must lie in [0, 1] and sum to 1 along ``dim``."""
-    if not _enabled:
+    if not checks_contents():
         return
     total = probs.sum(dim)
     ones = torch.ones_like(total)

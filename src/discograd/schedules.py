@@ -6,7 +6,9 @@ positive float or tensor. Estimators hold their schedule and a step counter that
 so it is saved in ``state_dict`` and restored on resume. A schedule that ignores the count may
 say so with a class attribute ``depends_on_step = False`` (:class:`Constant` and
 :class:`LearnedTemperature` do): it is then called with 0 (:func:`at_step`), so that code
-traced by torch.compile does not read the count (a graph break).
+traced by torch.compile does not read the count (a graph break). One that can compute from
+the counter tensor itself says ``tensor_step = True`` (:class:`ExponentialDecay` does): traced
+code then gets a tensor temperature, computed in the graph.
 
 - :class:`Constant`: :math:`\tau_t = \tau`.
 - :class:`ExponentialDecay`: Jang et al. (2016),
@@ -19,7 +21,7 @@ traced by torch.compile does not read the count (a graph break).
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -68,9 +70,14 @@ class ExponentialDecay:
             raise ValueError(f"every must be >= 1, got {every}")
         self.tau0, self.rate, self.tau_min, self.every = float(tau0), float(rate), tau_min, every
 
-    def __call__(self, step: int) -> float:
-        t = (step // self.every) * self.every
-        return max(self.tau_min, self.tau0 * math.exp(-self.rate * t))
+    tensor_step = True  # takes the counter tensor itself (see at_step)
+
+    def __call__(self, step: Union[int, Tensor]) -> Union[float, Tensor]:
+        if isinstance(step, Tensor):  # the counter buffer: a float64 0-d tensor
+            t = (step // self.every * self.every).double()
+            return (self.tau0 * torch.exp(-self.rate * t)).clamp_min(self.tau_min)
+        t_int = (step // self.every) * self.every
+        return max(self.tau_min, self.tau0 * math.exp(-self.rate * t_int))
 
     def __repr__(self) -> str:
         return (
@@ -96,10 +103,20 @@ class LearnedTemperature(nn.Module):
         return self.tau_min + self.log_excess.exp()
 
 
-def at_step(schedule: Schedule, step: Callable[[], int]) -> Union[float, Tensor]:
-    """``schedule(step())``; ``step`` is not called when the schedule declares
-    ``depends_on_step = False``."""
-    return schedule(step() if getattr(schedule, "depends_on_step", True) else 0)
+def at_step(
+    schedule: Schedule, step: Callable[[], int], counter: Optional[Callable[[], Tensor]] = None
+) -> Union[float, Tensor]:
+    """``schedule(step())``. Not called: ``step`` when the schedule declares
+    ``depends_on_step = False`` (0 is passed); and under torch.compile, when the schedule
+    declares ``tensor_step = True`` and ``counter`` (the step counter tensor) is given, the
+    schedule gets ``counter()`` instead, so that the traced code computes the temperature
+    from the tensor rather than reading it as an int (a graph break)."""
+    if not getattr(schedule, "depends_on_step", True):
+        return schedule(0)
+    if counter is not None and getattr(schedule, "tensor_step", False):
+        if torch.compiler.is_compiling():
+            return schedule(counter())  # type: ignore[arg-type]
+    return schedule(step())
 
 
 def as_schedule(tau: Union[float, Tensor, Schedule]) -> Schedule:

@@ -189,7 +189,7 @@ class Relaxed(Estimator):
 
     def temperature(self) -> Union[float, Tensor]:
         """The temperature for the current step (read from the host-side step count: no sync)."""
-        return at_step(self.tau_schedule, lambda: self.step_count)
+        return at_step(self.tau_schedule, lambda: self.step_count, lambda: self.num_steps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,12 +87,11 @@ class EMABaseline(Baseline):
         m = fz.detach().mean().to(self.value.dtype)
         # A new tensor, not an in-place update: a step compiled by torch.compile may keep the
         # old value for its backward (NVIL divides by a function of it), and an in-place write
-        # would invalidate it.
-        if bool(self.initialized):
-            self.value = self.decay * self.value + (1 - self.decay) * m
-        else:
-            self.value = m
-            self.initialized.fill_(True)
+        # would invalidate it. torch.where, not `if initialized`: no device sync per update on
+        # a GPU, and no graph break under torch.compile.
+        ema = self.decay * self.value + (1 - self.decay) * m
+        self.value = torch.where(self.initialized, ema, m)
+        self.initialized.fill_(True)
 
 
 class NetworkBaseline(Baseline):

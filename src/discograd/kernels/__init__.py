@@ -43,8 +43,8 @@ from discograd._validation import (
     check_dim,
     check_logits,
     check_tau,
+    checks_contents,
     tau_batch_shape,
-    validate_args_enabled,
 )
 
 __all__ = ["DISABLE_ENV", "gumbel_max", "gumbel_noise", "gumbel_softmax", "status"]
@@ -136,11 +136,11 @@ def _validate_logits(logits: Tensor, dim: int, fused: bool = False) -> None:
     """:func:`discograd._validation.check_logits` (one screening reduction for valid input).
 
     Content checks are data-dependent branches that torch.compile(fullgraph=True) cannot
-    trace: compiled code gets the cheap checks only, like ``set_validate_args(False)``.
-    ``fused``: the kernel checks the contents itself (see :func:`_checks_in_kernel`), so only
-    the type and shape are checked here.
+    trace: compiled code gets the cheap checks only, like ``set_validate_args(False)`` (see
+    :func:`discograd._validation.checks_contents`). ``fused``: the kernel checks the contents
+    itself (see :func:`_checks_in_kernel`), so only the type and shape are checked here.
     """
-    check_logits(logits, dim=dim, contents=not (fused or torch.compiler.is_compiling()))
+    check_logits(logits, dim=dim, contents=not fused)
 
 
 def _checks_in_kernel() -> bool:
@@ -149,7 +149,7 @@ def _checks_in_kernel() -> bool:
     the row has a NaN or +inf logit or is fully masked, so the check costs no pass over the
     logits. Off with ``set_validate_args(False)`` and under torch.compile (as the other
     content checks)."""
-    return validate_args_enabled() and not torch.compiler.is_compiling()
+    return checks_contents()
 
 
 def _is_last(logits: Tensor, dim: int) -> bool:
@@ -177,8 +177,7 @@ def _unrows(out: Tensor, logits: Tensor, dim: int) -> Tensor:
 
 def _tau_rows(tau: Tensor, logits: Tensor, dim: int) -> Tensor:
     """One temperature per row of :func:`_rows`, in the compute dtype (gradients flow back)."""
-    if not torch.compiler.is_compiling():
-        check_tau(tau)
+    check_tau(tau)  # its look at the values is skipped under torch.compile
     batch_shape = tau_batch_shape(tau, logits, dim)
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     return tau.to(device=logits.device, dtype=acc).expand(batch_shape).reshape(-1).contiguous()

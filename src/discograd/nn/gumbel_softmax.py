@@ -90,9 +90,10 @@ class GumbelSoftmax(StepCounter):
         if "tau" in self._parameters or "tau" in self._buffers:
             return self.tau
         if "schedule" in self._modules:
-            return at_step(self.schedule, lambda: self.step_count)  # the host mirror: no sync
+            # The host mirror: no sync (traced code: the counter tensor, see at_step).
+            return at_step(self.schedule, lambda: self.step_count, lambda: self.num_steps)
         if self._schedule is not None:
-            return at_step(self._schedule, lambda: self.step_count)
+            return at_step(self._schedule, lambda: self.step_count, lambda: self.num_steps)
         assert self._tau_float is not None
         return self._tau_float
 
