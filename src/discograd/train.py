@@ -543,8 +543,9 @@ class _CompiledStep:
     2.41 ms a step on 2 cores). The compiled step draws from the global generator of the
     generator's device instead, loaded with the noise generator's state before the call and
     read back after it: the noise stream is still the trainer's (per rank, checkpointed), and
-    the global generator is left as it was. Random values differ from the eager step's
-    (Inductor draws its own way), reproducibly.
+    the global generator is left as it was. Random values may differ from the eager step's
+    where Inductor generates them its own way (the kernels' seed draw is the same: a compiled
+    VAE run logs the eager losses), reproducibly.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -562,11 +563,12 @@ def _global_rng_from(generator: torch.Generator) -> Iterator[None]:
     """Run the block on the global generator of ``generator``'s device, set to its state; then
     store the advanced state back in ``generator`` and restore the global one."""
     device = generator.device
-    if device.type == "cuda":
-        get = lambda: torch.cuda.get_rng_state(device)  # noqa: E731
-        put = lambda state: torch.cuda.set_rng_state(state, device)  # noqa: E731
-    else:
+    if device.type == "cpu":
         get, put = torch.get_rng_state, torch.set_rng_state
+    else:  # torch.cuda, torch.mps, torch.xpu: the same two functions, taking the device
+        backend = getattr(torch, device.type)
+        get = lambda: backend.get_rng_state(device)  # noqa: E731
+        put = lambda state: backend.set_rng_state(state, device)  # noqa: E731
     saved = get()
     put(generator.get_state())
     try:
