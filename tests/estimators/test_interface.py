@@ -91,6 +91,16 @@ def test_exact_keeps_batch_dims_and_refuses_large_spaces():
         assert torch.allclose(batched[i], Exact(batch_dims=0)(lambda z: f(z), logits[i]))
     with pytest.raises(ValueError, match="max_configurations"):
         Exact(max_configurations=10)(lambda z: z.sum((-1, -2)), torch.zeros(3, 4))
+    # The probe for the batch dims: f once at the most likely configuration, no random draw
+    # (torch.compile traces it; a private generator was a graph break).
+    seen, state = [], torch.get_rng_state()
+    Exact()(lambda z: seen.append(z) or f(z), logits)
+    assert torch.equal(seen[0], torch.nn.functional.one_hot(logits.argmax(-1), 4)[None].double())
+    assert torch.equal(state, torch.get_rng_state())
+    bern = torch.tensor([[-1.0, 2.0], [0.5, -0.2]])
+    seen.clear()
+    Exact()(lambda z: seen.append(z) or z.sum(-1), bern, distribution="bernoulli")
+    assert torch.equal(seen[0], (bern > 0).float()[None])
 
 
 def test_masked_categories_are_never_sampled_and_gradients_stay_finite():

@@ -58,6 +58,11 @@ class Family:
         """E[z], differentiable in the parameters."""
         raise NotImplementedError
 
+    def mode(self) -> Tensor:
+        """One most likely configuration, shape (1, *value_shape), without gradient: a valid
+        value drawn from no random stream."""
+        raise NotImplementedError(f"no mode for {self.kind}")
+
     def enumerate(self, out_ndim: int) -> Tensor:
         """Every joint configuration of the rows under one output entry: (C, *value_shape)."""
         raise NotImplementedError(f"exact enumeration is not available for {self.kind}")
@@ -86,6 +91,10 @@ class CategoricalFamily(Family):
 
     def mean(self) -> Tensor:
         return torch.softmax(self.logits, -1)
+
+    def mode(self) -> Tensor:
+        index = self.logits.detach().argmax(-1)
+        return torch.nn.functional.one_hot(index, self.num_classes).to(self.logits.dtype)[None]
 
     def num_configurations(self, out_ndim: int) -> int:
         rows = int(torch.Size(self.row_shape[out_ndim:]).numel())
@@ -127,6 +136,9 @@ class BernoulliFamily(Family):
 
     def mean(self) -> Tensor:
         return torch.sigmoid(self.logits)
+
+    def mode(self) -> Tensor:
+        return (self.logits.detach() > 0).to(self.logits.dtype)[None]
 
     def num_configurations(self, out_ndim: int) -> int:
         return 2 ** int(torch.Size(self.row_shape[out_ndim:]).numel())

@@ -27,7 +27,7 @@ class Exact(Estimator):
     Args:
         max_configurations: refuse (``ValueError``) to enumerate more configurations than this.
         batch_dims: how many leading row dims f's output keeps (its batch dims). ``None``
-            finds out by calling f once, without gradient, on one sample.
+            finds out by calling f once, without gradient, on the most likely configuration.
     """
 
     unbiased = True
@@ -43,11 +43,10 @@ class Exact(Estimator):
     def _out_ndim(self, f: LossFn, family: Family) -> int:
         if self.batch_dims is not None:
             return self.batch_dims
-        # A private generator: the probe must not move the user's random stream.
-        device = family.logits.device  # type: ignore[attr-defined]
-        probe_gen = torch.Generator(device=device).manual_seed(0)
+        # The mode, a valid value from no random stream: the probe must not move the user's
+        # stream, and torch.compile traces it (a private generator was a graph break).
         with torch.no_grad():
-            return evaluate(f, family.sample(1, probe_gen), family).dim() - 1
+            return evaluate(f, family.mode(), family).dim() - 1
 
     def estimate(self, f: LossFn, family: Family, generator: Optional[torch.Generator]) -> Tensor:
         out_ndim = self._out_ndim(f, family)
