@@ -8,7 +8,7 @@
   target and following ``__module__``/``__qualname__`` (see :func:`resolve_alias`); a target
   that cannot be imported stays a warning, which the strict build turns into an error.
 - ``.. estimator-table::`` tabulates the registered estimators (name, class, distributions,
-  bias, cost) from the registry itself.
+  bias, cost, compilable) from the registry itself.
 - ``.. preset-table::`` lists the experiments' named settings (the paper's) with their
   descriptions, from ``discograd.experiments.presets``.
 - Shapes such as ``(S, *out_shape)`` in plain docstring text are escaped, so that the ``*``
@@ -295,12 +295,13 @@ class EstimatorTable(SphinxDirective):
         lines = [
             ".. list-table::",
             "   :header-rows: 1",
-            "   :widths: 20 20 10 14 36",
+            "   :widths: 18 18 9 12 9 34",
             "",
             "   * - name",
             "     - distributions",
             "     - unbiased",
             "     - evaluations of f",
+            "     - torch.compile",
             "     - what",
         ]
         for name in estimators.available():
@@ -313,6 +314,7 @@ class EstimatorTable(SphinxDirective):
                 f"     - {', '.join(cls.distributions)}",
                 f"     - {'yes' if cls.unbiased else 'no'}",
                 f"     - {cls.evaluations}",
+                f"     - {'yes' if cls.compilable else 'no'}",
                 f"     - {summary}",
             ]
         return parse_rst(self, lines, "estimator-table")
