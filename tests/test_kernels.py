@@ -750,20 +750,22 @@ def triton_dispatch_checks() -> None:
     print("triton dispatch ok")
 
 
+def run_interpreted(checks: str) -> str:
+    """Run this file's function ``checks`` in a fresh process under TRITON_INTERPRET=1 (the
+    variable is read when Triton is imported); returns its stdout."""
+    code = f"from tests.test_kernels import {checks} as c; c()"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return run_python(code, flags=("-W", "ignore"), cwd=root, TRITON_INTERPRET="1")
+
+
 @pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
 def test_the_cuda_path_runs_end_to_end_through_the_interpreter():
-    code = "from tests.test_kernels import triton_dispatch_checks as c; c()"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = run_python(code, flags=("-W", "ignore"), cwd=root, TRITON_INTERPRET="1")
-    assert "triton dispatch ok" in out
+    assert "triton dispatch ok" in run_interpreted("triton_dispatch_checks")
 
 
 @pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")
 def test_triton_kernels_in_interpreter():
-    code = "from tests.test_kernels import triton_interpreter_checks as c; c()"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = run_python(code, flags=("-W", "ignore"), cwd=root, TRITON_INTERPRET="1")
-    assert "triton interpreter ok" in out
+    assert "triton interpreter ok" in run_interpreted("triton_interpreter_checks")
 
 
 @pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (optional dependency)")

@@ -113,9 +113,9 @@ def at_step(
     from the tensor rather than reading it as an int (a graph break)."""
     if not getattr(schedule, "depends_on_step", True):
         return schedule(0)
-    if counter is not None and getattr(schedule, "tensor_step", False):
-        if torch.compiler.is_compiling():
-            return schedule(counter())  # type: ignore[arg-type]
+    traced = torch.compiler.is_compiling()
+    if counter is not None and traced and getattr(schedule, "tensor_step", False):
+        return schedule(counter())  # type: ignore[arg-type]
     return schedule(step())
 
 
