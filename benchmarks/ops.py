@@ -8,6 +8,13 @@ Contenders, timed interleaved in one process (round-robin, median of the rounds)
 - ``discograd``: ``discograd.gumbel_softmax`` (the fused kernel where one is active).
 - ``reference``: ``discograd.gumbel_softmax`` with ``DISCOGRAD_DISABLE_KERNELS=1`` (the
   pure-PyTorch fallback, with its input validation).
+- Peers, when importable (``--install-peers`` installs them; they are never dependencies):
+  ``relaxit``: ``relaxit.distributions.GeneralizedGumbelSoftmax(values, logits=x,
+  tau=tau).rsample()``, its Gumbel-softmax distribution (which calls torch's op), built each
+  step as a user would; ``storchastic``: ``storch.method.GumbelSoftmax`` over a
+  ``OneHotCategorical``, its cost registered with ``storch.add_cost`` and differentiated with
+  ``storch.backward()`` (Storchastic's only way to get the gradient). Each gets the same
+  incoming gradient as the others (Storchastic's cost is ``(sample * grad).sum()``).
 
 Peak memory is the peak of the bytes allocated during one forward + backward (torch
 profiler's allocation events), above what existed before. The memory-traffic floor is the
@@ -19,8 +26,8 @@ the warm copy (``copy_`` into a buffer allocated once): the gap between the two 
 first-touch page faults on fresh memory, large for tensors of 32 MiB or more, which glibc maps
 afresh on every allocation.
 
-Run: ``python benchmarks/ops.py [--quick] [--write]``; ``--write`` replaces the section
-"## Ops (Gumbel-softmax kernels)" of benchmarks/RESULTS.md.
+Run: ``python benchmarks/ops.py [--quick] [--write] [--install-peers]``; ``--write`` replaces
+the section "## Ops (Gumbel-softmax kernels)" of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -78,21 +85,86 @@ def reference(x: torch.Tensor, tau: float) -> torch.Tensor:
         del os.environ[kernels.DISABLE_ENV]
 
 
-CONTENDERS: Dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    "torch": lambda x, tau: F.gumbel_softmax(x, tau),
-    "composite": composite,
-    "discograd": lambda x, tau: discograd.gumbel_softmax(x, tau),
-    "reference": reference,
+Step = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def backward_of(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Step:
+    """Forward + backward of a sampler, against the fixed incoming gradient."""
+
+    def step(x: torch.Tensor, grad: torch.Tensor) -> None:
+        fn(x, TAU).backward(grad)
+
+    return step
+
+
+CONTENDERS: Dict[str, Step] = {
+    "torch": backward_of(lambda x, tau: F.gumbel_softmax(x, tau)),
+    "composite": backward_of(composite),
+    "discograd": backward_of(lambda x, tau: discograd.gumbel_softmax(x, tau)),
+    "reference": backward_of(reference),
 }
 
+PEER_PACKAGES = {"relaxit": "relaxit", "storchastic": "storch"}  # PyPI name: module
 
-def step(fn, x: torch.Tensor, grad: torch.Tensor) -> None:
+
+def relaxit_step() -> Step:
+    from relaxit.distributions import (  # pyright: ignore[reportMissingImports]
+        GeneralizedGumbelSoftmax,
+    )
+
+    def sample(x: torch.Tensor, tau: float) -> torch.Tensor:
+        values = torch.arange(x.shape[-1], dtype=x.dtype)
+        tau_t = torch.tensor(tau, dtype=x.dtype)
+        return GeneralizedGumbelSoftmax(values, logits=x, tau=tau_t).rsample()
+
+    return backward_of(sample)
+
+
+def storchastic_step() -> Step:
+    import storch  # pyright: ignore[reportMissingImports]
+    from torch.distributions import OneHotCategorical
+
+    def step(x: torch.Tensor, grad: torch.Tensor) -> None:
+        method = storch.method.GumbelSoftmax("z", initial_temperature=TAU)
+        z = method(OneHotCategorical(logits=x))
+        storch.add_cost((z * grad).sum(), "cost")
+        storch.backward()
+
+    return step
+
+
+def peers() -> Dict[str, Step]:
+    """The peers that import here (silently absent otherwise: main() says which)."""
+    found: Dict[str, Step] = {}
+    for name, make in (("relaxit", relaxit_step), ("storchastic", storchastic_step)):
+        try:
+            found[name] = make()
+        except ImportError:
+            pass
+    return found
+
+
+def install_peers() -> None:
+    """pip install the peers into this environment, with torch pinned to the installed
+    version so that pip cannot swap the CPU build for another."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pin:
+        pin.write(f"torch=={torch.__version__}\n")
+    cmd = [sys.executable, "-m", "pip", "install", "-c", pin.name, *PEER_PACKAGES]
+    print("$ " + " ".join(cmd), flush=True)
+    try:
+        subprocess.run(cmd, check=True)
+    finally:
+        os.unlink(pin.name)
+
+
+def step(fn: Step, x: torch.Tensor, grad: torch.Tensor) -> None:
     x.grad = None
-    y = fn(x, TAU)
-    y.backward(grad)
+    fn(x, grad)
 
 
-def peak_bytes(fn, x: torch.Tensor, grad: torch.Tensor) -> int:
+def peak_bytes(fn: Step, x: torch.Tensor, grad: torch.Tensor) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(fn, x, grad)
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -111,21 +183,31 @@ def timed(fn: Callable[[], object]) -> Tuple[float, float]:
 
 
 def bench_shape(
-    shape: Tuple[int, ...], dtype: torch.dtype, rounds: int
-) -> Dict[str, Dict[str, float]]:
+    shape: Tuple[int, ...], dtype: torch.dtype, rounds: int, contenders: Dict[str, Step]
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, str]]:
+    """(times of each contender, {peer: error}): a peer that fails on this shape or dtype
+    (raises, or gives no gradient) is left out of the times."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype).requires_grad_()
     grad = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
-    names = list(CONTENDERS)
-    for name in names:  # warm up (first calls build, load and allocate)
-        step(CONTENDERS[name], x, grad)
+    names, failed = [], {}
+    for name, fn in contenders.items():  # warm up (first calls build, load and allocate)
+        try:
+            step(fn, x, grad)
+            if x.grad is None or x.grad.shape != x.shape:
+                raise RuntimeError("no gradient of the logits' shape")
+            names.append(name)
+        except Exception as exc:  # a peer's failure is a result, not a crash
+            if name in CONTENDERS:
+                raise
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     buffer = torch.empty_like(x)
     buffer.copy_(x.detach())  # touched once: the warm copy pays no page faults
     copies = ["copy", "warm_copy"]
     times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in names + copies}
     for _ in range(rounds):
         for name in names:
-            times[name].append(timed(lambda name=name: step(CONTENDERS[name], x, grad)))
+            times[name].append(timed(lambda name=name: step(contenders[name], x, grad)))
         times["copy"].append(timed(lambda: x.detach().clone()))
         times["warm_copy"].append(timed(lambda: buffer.copy_(x.detach())))
 
@@ -137,13 +219,13 @@ def bench_shape(
         out[name] = {
             "ms": median_ms(name, 0),
             "cpu_ms": median_ms(name, 1),
-            "peak_mb": peak_bytes(CONTENDERS[name], x, grad) / 2**20,
+            "peak_mb": peak_bytes(contenders[name], x, grad) / 2**20,
         }
     out["floor"] = {"ms": median_ms("copy", 0, 2.5), "cpu_ms": median_ms("copy", 1, 2.5)}
     out["copy"] = {"ms": median_ms("copy", 0), "cpu_ms": median_ms("copy", 1)}
     out["warm_copy"] = {"ms": median_ms("warm_copy", 0), "cpu_ms": median_ms("warm_copy", 1)}
     out["copy"]["bytes"] = out["warm_copy"]["bytes"] = 2.0 * x.numel() * x.element_size()
-    return out
+    return out, failed
 
 
 def copy_notes(rows: List[Tuple[str, str, Dict[str, Dict[str, float]]]]) -> List[str]:
@@ -201,6 +283,47 @@ def table(rows: List[Tuple[str, str, Dict[str, Dict[str, float]]]], key: str = "
     return "\n".join(lines)
 
 
+def peer_table(
+    rows: List[Tuple[str, str, Dict[str, Dict[str, float]]]],
+    names: List[str],
+    failed: Dict[Tuple[str, str], Dict[str, str]],
+) -> str:
+    """Wall-clock of the peers next to torch's op and discograd, from the same rounds."""
+    head = " | ".join(f"{n} ms" for n in names)
+    ratios = " | ".join(f"{n} / dg" for n in names)
+    peaks = " / ".join(names)
+    lines = [
+        f"| shape | dtype | torch ms | discograd ms | {head} | {ratios} | peak MB {peaks} |",
+        "|---|---|---|---|" + "---|" * (2 * len(names)) + "---|",
+    ]
+    for shape, dtype, r in rows:
+        dg = r["discograd"]["ms"]
+        cells, ratio, peak = [], [], []
+        for n in names:
+            if n in r:
+                cells.append(f"{r[n]['ms']:.2f}")
+                ratio.append(f"{r[n]['ms'] / dg:.1f}x")
+                peak.append(f"{r[n]['peak_mb']:.1f}")
+            else:
+                cells.append("failed" if n in failed[shape, dtype] else "-")
+                ratio.append("-")
+                peak.append("-")
+        lines.append(
+            f"| {shape} | {dtype} | {r['torch']['ms']:.2f} | {dg:.2f} | "
+            + " | ".join(cells + ratio)
+            + f" | {' / '.join(peak)} |"
+        )
+    return "\n".join(lines)
+
+
+def failures(failed: Dict[Tuple[str, str], Dict[str, str]]) -> List[str]:
+    return [
+        f"- {name} failed on {shape} {dtype}: `{why}`"
+        for (shape, dtype), errors in failed.items()
+        for name, why in errors.items()
+    ]
+
+
 def targets(r: Dict[str, Dict[str, float]], key: str) -> str:
     """The issue's targets for (4096, 1000) float32, checked on one measurement."""
     dg = r["discograd"][key]
@@ -233,9 +356,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", default="2,1", help="torch thread counts to run, e.g. 2,1")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--install-peers",
+        action="store_true",
+        help="pip install relaxit and storchastic first (torch stays as installed)",
+    )
     args = parser.parse_args()
+    if args.install_peers:
+        install_peers()
     state = kernels.status()["cpu"]
     print(f"discograd CPU path: {state['path']} ({state['reason']})")
+    found = peers()
+    missing = [pkg for pkg in PEER_PACKAGES if pkg not in found]
+    peer_note = f"- peers: {', '.join(found) or 'none'}" + (
+        f" (not installed: {', '.join(missing)}; `--install-peers`)" if missing else ""
+    )
+    print(peer_note)
+    contenders = {**CONTENDERS, **found}
     # (64, 8, 32768): vocabulary-sized rows; the issue's (64, 128, 32768) is 1 GiB per fp32
     # tensor (about 8 GiB of temporaries for torch's op), too much for a shared 24 GiB machine.
     cases = [((256, 30, 10), torch.float32), ((4096, 1000), torch.float32)]
@@ -251,11 +388,14 @@ def main() -> None:
         torch.set_num_threads(threads)
         load_before = load_average()
         rows = []
+        failed: Dict[Tuple[str, str], Dict[str, str]] = {}
         key_row = None
         for shape, dtype in cases:
             big = torch.Size(shape).numel() >= 10**7
             rounds = 3 if args.quick else (max(3, args.rounds // 3) if big else args.rounds)
-            r = bench_shape(shape, dtype, rounds)
+            r, failed[str(tuple(shape)), str(dtype).replace("torch.", "")] = bench_shape(
+                shape, dtype, rounds, contenders
+            )
             rows.append((str(tuple(shape)), str(dtype).replace("torch.", ""), r))
             if shape == (4096, 1000) and dtype == torch.float32:
                 key_row = r
@@ -274,6 +414,15 @@ def main() -> None:
             table(rows, "cpu_ms"),
             "",
         ]
+        if found:
+            parts += [
+                f"### {threads} thread{plural}: peers (wall-clock, same rounds)",
+                "",
+                peer_table(rows, list(found), failed),
+                "",
+                *failures(failed),
+                "",
+            ]
         parts += [
             f"Copy bandwidth, {threads} thread{plural} (bytes read + written over wall-clock; "
             "the floor uses the fresh clone(), like the contenders' outputs):",
@@ -303,6 +452,7 @@ def main() -> None:
             f"- machine: {machine()}",
             f"- discograd CPU path: {state['path']} ({state['reason'].split(', built')[0]})",
             f"- command: `{' '.join(['python'] + sys.argv)}`",
+            peer_note,
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             "",
             *parts,

@@ -1,0 +1,64 @@
+"""benchmarks/ops.py: the harness times every contender in the same rounds, and a peer library
+that fails on a shape is reported as failed instead of crashing the run or being dropped
+silently."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ops.py"
+
+
+@pytest.fixture(scope="module")
+def ops():
+    spec = importlib.util.spec_from_file_location("bench_ops", PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ops"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["bench_ops"]
+
+
+def _raises(x: torch.Tensor, grad: torch.Tensor) -> None:
+    raise TypeError("no bfloat16 here\nsecond line")
+
+
+def _no_gradient(x: torch.Tensor, grad: torch.Tensor) -> None:
+    x.detach().softmax(-1)
+
+
+def test_peers_are_timed_with_the_others_and_failures_are_kept(ops):
+    working = ops.backward_of(lambda x, tau: torch.softmax(x / tau, -1))
+    contenders = {
+        **ops.CONTENDERS,
+        "working": working,
+        "raises": _raises,
+        "silent": _no_gradient,
+    }
+    times, failed = ops.bench_shape((8, 10), torch.float32, 2, contenders)
+    assert set(failed) == {"raises", "silent"}
+    assert failed["raises"] == "TypeError: no bfloat16 here"
+    assert "no gradient" in failed["silent"]
+    for name in [*ops.CONTENDERS, "working"]:
+        assert times[name]["ms"] > 0 and times[name]["peak_mb"] >= 0
+    assert "raises" not in times and "silent" not in times
+
+    rows = [("(8, 10)", "float32", times)]
+    table = ops.peer_table(rows, ["working", "raises"], {("(8, 10)", "float32"): failed})
+    header, _, row = table.splitlines()
+    assert "working ms" in header and "raises / dg" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "failed"  # the raising peer's time
+    assert cells[6] == f"{times['working']['ms'] / times['discograd']['ms']:.1f}x"
+    assert ops.failures({("(8, 10)", "float32"): failed})[0].startswith("- raises failed")
+
+
+def test_a_failing_contender_of_our_own_is_an_error(ops):
+    with pytest.raises(TypeError):
+        ops.bench_shape((8, 10), torch.float32, 1, {**ops.CONTENDERS, "torch": _raises})
