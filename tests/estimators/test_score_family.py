@@ -287,6 +287,46 @@ def test_nvil_with_known_input_size_has_parameters_before_the_first_call():
     assert_mean_close(_draws(est, problem), exact)
 
 
+def test_network_baselines_see_a_torch_categoricals_logits_not_its_nan_mean():
+    # torch defines Categorical.mean as NaN: a baseline network fed it made NVIL's surrogate
+    # and gradient NaN without a word.
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    f = lambda z: (z == 2).to(logits.dtype)  # noqa: E731
+    g = torch.Generator().manual_seed(1)
+    for est in [NVIL(), Reinforce(baseline=nn.Linear(4, 1))]:
+        logits.grad = None
+        s = est(f, torch.distributions.Categorical(logits=logits), generator=g)
+        s.mean().backward()
+        assert torch.isfinite(s).all() and torch.isfinite(logits.grad).all()
+    # Without logits and with an undefined (NaN) mean, a clear error instead.
+    cauchy = torch.distributions.Cauchy(torch.zeros(3), torch.ones(3))
+    with pytest.raises(ValueError, match="Cauchy has no logits and its mean is NaN"):
+        NVIL()(lambda z: z, cauchy)
+
+
+def test_empty_batches_give_empty_surrogates_with_network_baselines():
+    f = lambda z: z.sum(-1)  # noqa: E731
+    logits = torch.randn(0, 4, requires_grad=True)
+    for est in [NVIL(), NVIL(in_features=4), estimators.get("relax", in_features=4)]:
+        s = est(f, logits)
+        assert s.shape == (0,)
+        s.sum().backward()
+
+
+def test_a_wrong_in_features_is_named_with_the_right_one():
+    f = lambda z: z.sum((-2, -1))  # noqa: E731  (one output per 3 x 4 block)
+    logits = torch.randn(5, 3, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="in_features=4, but .* 12 logits; pass in_features=12"):
+        NVIL(in_features=4)(f, logits)
+    relax = estimators.get("relax", in_features=4)
+    with pytest.raises(ValueError, match="in_features=4, but .* 12 entries of z"):
+        relax(f, logits)
+    lazy = NVIL()
+    lazy(f, logits)  # materializes 12 inputs; logits of another size are then named too
+    with pytest.raises(ValueError, match="in_features=12, but .* 4 logits"):
+        lazy(lambda z: z.sum(-1), logits)
+
+
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="n_samples"):
         RLOO(n_samples=1)

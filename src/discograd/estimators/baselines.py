@@ -13,39 +13,48 @@ here are computed before the current samples are seen.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from discograd._validation import checks_contents
 from discograd.estimators._family import BernoulliFamily, CategoricalFamily, Family, TorchFamily
 
 
 def baseline_features(family: Family, out_ndim: int) -> Tensor:
     """Detached inputs for an input-dependent baseline: (*out_shape, F), one row per output.
 
-    The logits; for a torch Distribution its mean, or its logits where the mean has no closed
-    form (Concrete, RelaxedOneHotCategorical).
+    The logits; for a torch Distribution its logits where it has them (Categorical,
+    Bernoulli, Concrete, ...: torch defines a Categorical's mean as NaN), else its mean.
     """
     if isinstance(family, (CategoricalFamily, BernoulliFamily)):
         x = family.logits
     else:
-        try:
-            x = family.mean()
-        except NotImplementedError:
-            if not isinstance(family, TorchFamily):
-                raise
-            dist = family.dist
-            logits = getattr(dist, "logits", None)  # only some torch Distributions have logits
-            if logits is None:
+        if not isinstance(family, TorchFamily):
+            raise TypeError(f"no baseline features for {type(family).__name__}")
+        dist = family.dist
+        x = getattr(dist, "logits", None)  # only some torch Distributions have logits
+        if x is None:
+            try:
+                x = dist.mean
+            except NotImplementedError:
                 raise ValueError(
-                    f"an input-dependent baseline needs the mean or the logits of the "
+                    f"an input-dependent baseline needs the logits or the mean of the "
                     f"distribution; {type(dist).__name__} has neither"
                 ) from None
-            x = logits
+            if checks_contents() and bool(torch.isnan(x.detach()).any()):
+                raise ValueError(
+                    f"an input-dependent baseline needs the logits or the mean of the "
+                    f"distribution; {type(dist).__name__} has no logits and its mean is NaN "
+                    f"(undefined); use an EMA baseline or another estimator"
+                )
     out_shape = tuple(family.row_shape[:out_ndim])
+    # Rows' features flattened: F from the shape, not -1 (an empty batch has no numel to divide).
+    features = math.prod(x.shape[len(out_shape) :])
     # A masked (-inf) logit would make a network's output NaN; far below any live logit will do.
-    return x.detach().clamp_min(-30.0).reshape(out_shape + (-1,))
+    return x.detach().clamp_min(-30.0).reshape(out_shape + (features,))
 
 
 class Baseline(nn.Module):

@@ -62,6 +62,13 @@ class _MLP(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        # A materialized LazyLinear becomes a Linear, so this also catches logits whose shape
+        # changed since the first call.
+        if not isinstance(self.hidden, nn.LazyLinear) and x.shape[-1] != self.hidden.in_features:
+            raise ValueError(
+                f"in_features={self.hidden.in_features}, but each output of f depends on "
+                f"{x.shape[-1]} logits; pass in_features={x.shape[-1]} (or None to infer it)"
+            )
         # Masked (-inf) logits would turn the baseline into NaN; any finite stand-in keeps it a
         # valid (sample-independent) baseline.
         h = x.to(self.out.weight.dtype).clamp_min(-30.0)

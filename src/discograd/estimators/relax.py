@@ -32,6 +32,7 @@ variates for black-box gradient estimation", ICLR 2018.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -78,6 +79,7 @@ class RELAX(ControlVariateEstimator):
             if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
                 raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
             self.mode, net = "flat", _mlp(in_features, hidden)
+            self.in_features = in_features
         else:
             self.mode, net = "elementwise", _mlp(1, hidden)
         self.net = net
@@ -88,7 +90,13 @@ class RELAX(ControlVariateEstimator):
         param = next(self.net.parameters(), None)
         x = x.to(z.dtype if param is None else param.dtype)
         if self.mode == "flat":
-            r = self.net(x.reshape(tuple(x.shape[: 1 + out_ndim]) + (-1,))).squeeze(-1)
+            entries = math.prod(x.shape[1 + out_ndim :])  # not -1: an empty batch has no numel
+            if entries != self.in_features:
+                raise ValueError(
+                    f"in_features={self.in_features}, but each output of f depends on "
+                    f"{entries} entries of z; pass in_features={entries}"
+                )
+            r = self.net(x.reshape(tuple(x.shape[: 1 + out_ndim]) + (entries,))).squeeze(-1)
         elif self.mode == "elementwise":
             r = sum_rows(self.net(x.unsqueeze(-1)).squeeze(-1), out_ndim)
         else:
