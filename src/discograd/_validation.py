@@ -39,6 +39,22 @@ def checks_contents() -> bool:
     return _enabled and not torch.compiler.is_compiling()
 
 
+_functorch = torch._C._functorch  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def plain_values(t: Tensor, dim: int | None = None) -> tuple[Tensor, int | None]:
+    """The tensor under torch.func's wrappers (vmap, grad, jvp), and where ``dim`` of the
+    wrapped tensor lies in it: checks read values (``float``, ``bool``), which a vmapped tensor
+    refuses, so they read the whole batch of values at once instead. A plain tensor is returned
+    as it is."""
+    while _functorch.is_functorch_wrapped_tensor(t):
+        if dim is not None and _functorch.is_batchedtensor(t):
+            d = dim % t.dim()  # the logical dim; vmap's batch dim sits at bdim underneath
+            dim = d + 1 if d >= _functorch.maybe_get_bdim(t) else d
+        t = _functorch.get_unwrapped(t)
+    return t, dim
+
+
 def check_dim(t: Tensor, dim: int, name: str = "logits") -> None:
     """IndexError unless ``dim`` indexes a dimension of ``t`` (torch's range, [-n, n - 1])."""
     n = t.dim()
@@ -75,6 +91,7 @@ def check_logits(
     # Before the screen: an empty dim means no entries, which the screen would clear.
     if dim is not None and logits.shape[dim] == 0:
         raise ValueError(f"{name} has no categories along dim={dim}")
+    logits, dim = plain_values(logits, dim)
     if _logits_look_valid(logits, dim):
         return
     if torch.isnan(logits).any():
@@ -111,6 +128,7 @@ def check_tau(tau: TauLike, *, name: str = "tau") -> None:
     if isinstance(tau, Tensor):
         if not checks_contents():
             return
+        tau = plain_values(tau)[0]
         # One pass clears the usual input (NaN fails both comparisons); the passes below
         # find which rule bad input breaks.
         if bool(((tau > 0) & (tau < math.inf)).all()):
@@ -163,7 +181,8 @@ def check_probs(probs: Tensor, *, name: str = "probs", dim: int = -1, atol: floa
     """Probabilities must lie in [0, 1] and sum to 1 along ``dim``."""
     if not checks_contents():
         return
-    total = probs.sum(dim)
+    probs, plain_dim = plain_values(probs, dim)
+    total = probs.sum(plain_dim)
     ones = torch.ones_like(total)
     if probs.is_floating_point() and probs.numel() > 0:
         # One sync for the usual input: min and max propagate NaN, which fails both

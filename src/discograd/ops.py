@@ -30,6 +30,8 @@ from discograd._validation import (
     check_logits,
     check_positive_int,
     check_tau,
+    checks_contents,
+    plain_values,
     tau_batch_shape,
 )
 
@@ -125,19 +127,31 @@ def _perturbed(logits: Tensor, dim: int, generator: Optional[torch.Generator]) -
 
 def _one_hot(index: Tensor, like: Tensor, dim: int) -> Tensor:
     """One-hot of ``index`` (arg max along ``dim``, kept as a size-1 dim), shaped like ``like``."""
-    return torch.zeros_like(like).scatter_(dim, index, 1.0)
+    return torch.zeros_like(like).scatter(dim, index, 1.0)  # out of place: vmap has a rule
 
 
 class _StraightThrough(torch.autograd.Function):
     # The forward value is `hard` itself, bit for bit, for any `hard` (k-hot, scaled, ...), with
     # no arithmetic on the sample and no temporaries, unlike `hard - soft.detach() + soft`.
+    # forward/setup_context kept apart, a jvp and a generated vmap rule: torch.func transforms
+    # (grad, vmap, jvp) and forward-mode AD accept it.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:
+    def forward(hard: Tensor, soft: Tensor) -> Tensor:
         return hard.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        return None
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         return None, grad
+
+    @staticmethod
+    def jvp(ctx, hard_tangent, soft_tangent):
+        return soft_tangent
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
@@ -245,7 +259,10 @@ def _check_k(logits: Tensor, k: int, dim: int) -> None:
     check_positive_int(k, name="k")
     if k > logits.shape[dim]:
         raise ValueError(f"k={k} is larger than the number of categories {logits.shape[dim]}")
-    if (torch.isfinite(logits).sum(dim) < k).any():
+    if not checks_contents():  # a look at the values, as in check_logits
+        return
+    values, along = plain_values(logits, dim)
+    if (torch.isfinite(values).sum(along) < k).any():
         raise ValueError(f"k={k} is larger than the number of unmasked categories in some row")
 
 
@@ -311,7 +328,7 @@ def relaxed_topk(
         khot = khot + log_p.exp()
         a = a + _log1mexp(log_p)
     if hard:
-        exact = torch.zeros_like(khot).scatter_(dim, scores.topk(k, dim=dim).indices, 1.0)
+        exact = torch.zeros_like(khot).scatter(dim, scores.topk(k, dim=dim).indices, 1.0)
         khot = straight_through(exact, khot)
     return khot.to(logits.dtype)
 

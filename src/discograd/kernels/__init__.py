@@ -54,6 +54,7 @@ CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ShapeLike = Union[int, Sequence[int], torch.Size]
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # pyright: ignore
+_functorch_level = torch._C._functorch.maybe_current_level  # pyright: ignore
 
 
 def _disabled() -> bool:
@@ -255,6 +256,13 @@ def gumbel_noise(
             shape = tuple(int(s) for s in shape_or_tensor)
         except TypeError:
             return None
+    if not torch.compiler.is_compiling() and (
+        forward_ad._current_level >= 0 or _functorch_level() is not None
+    ):
+        # As _eligible: inside torch.func transforms and forward-mode AD the samplers take the
+        # reference path, noise included (under vmap the operator, with no batching rule,
+        # would run once per slice).
+        return None
     dtype = torch.get_default_dtype() if dtype is None else dtype
     device = torch.empty(0).device if device is None else torch.device(device)
     numel = math.prod(shape)
