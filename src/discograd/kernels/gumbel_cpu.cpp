@@ -698,16 +698,26 @@ DG_INLINE acc_t perturb_row(const scalar_t* x, const acc_t* noise, acc_t* buf, i
   return m;
 }
 
+// Vectors summed into a block's partial sum before it joins the row's: the rounding error of
+// a sum grows with the number of terms added to one accumulator, so two levels keep long rows
+// (K = 32768: 2048 terms a lane) as accurate as short ones. One add more per block.
+constexpr int64_t kSumBlock = 64;
+
 // buf <- exp((buf - m) / tau); returns the sum.
 template <typename Isa, typename acc_t>
 DG_INLINE acc_t exp_row(acc_t* buf, int64_t cols, acc_t m, acc_t inv_tau) {
   vec16<acc_t> vsum = vsplat<acc_t>(0);
   acc_t e[kLanes];
   int64_t c = 0;
-  for (; c + kLanes <= cols; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) e[l] = exp_acc<acc_t>((buf[c + l] - m) * inv_tau);
-    std::memcpy(buf + c, e, sizeof(e));
-    vsum += vload(e);
+  while (c + kLanes <= cols) {
+    const int64_t block_end = c + kSumBlock * kLanes < cols ? c + kSumBlock * kLanes : cols;
+    vec16<acc_t> block = vsplat<acc_t>(0);
+    for (; c + kLanes <= block_end; c += kLanes) {
+      for (int l = 0; l < kLanes; ++l) e[l] = exp_acc<acc_t>((buf[c + l] - m) * inv_tau);
+      std::memcpy(buf + c, e, sizeof(e));
+      block += vload(e);
+    }
+    vsum += block;
   }
   if constexpr (Isa::kMaskedRowTail) {
     if (c < cols) {  // the tail as one more vector, -inf (exp 0) past the row
