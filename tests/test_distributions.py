@@ -402,3 +402,87 @@ def test_rsample_is_finite_in_every_dtype(dtype, tau):
         dist = Concrete(tau, logits=logits)
         assert torch.isfinite(dist.log_prob(x)).all()
         assert torch.isfinite(BinaryConcrete(tau, logits=finite).log_prob(z)).all()
+
+
+# ---------------------------------------------------------------- large K, extreme temperatures
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.7, 1.0])
+def test_large_k_samples_are_on_the_simplex_to_torch_tolerance(tau):
+    """At K = 32000 in float32 the draws are as close to the simplex as torch's (|sum - 1| ~
+    4e-7), so log_prob of its own sample passes torch's validation (1e-6). With
+    torch.log_softmax the error reached 1e-5 (every seed failed at tau = 0.7); with
+    scores - logsumexp(scores) it reached 1e-4 at tau = 0.01."""
+    logits = torch.randn(16, 32000, generator=gen(5))
+    d = Concrete(torch.tensor(tau), logits=logits, validate_args=True)
+    e = ExpConcrete(tau, logits=logits)
+    for seed in range(4):
+        x = d.rsample(generator=gen(seed))
+        assert (x.double().sum(-1) - 1).abs().max() < 1e-6
+        d.log_prob(x)  # raises ValueError off the simplex
+        y = e.rsample(generator=gen(seed))
+        assert y.double().logsumexp(-1).abs().max() < 1e-6
+
+
+def test_large_k_logits_are_accepted_under_validation():
+    """Only the given parameter is validated: softmax(logits) at K = 32000 is off torch's 1e-6
+    simplex tolerance by float32 rounding (torch's RelaxedOneHotCategorical then raises)."""
+    logits = 3 * torch.randn(16, 32000, generator=gen(5))
+    assert (logits.softmax(-1).double().sum(-1) - 1).abs().max() > 1e-6  # the premise
+    d = Concrete(torch.tensor(0.7), logits=logits, validate_args=True)
+    d.log_prob(d.rsample(generator=gen(0)))
+    assert d._validate_args and d.expand((2, 16))._validate_args
+    with pytest.raises(ValueError, match="Simplex"):  # validation still on for log_prob
+        d.log_prob(torch.full((16, 32000), 1.0))
+
+
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete, BinaryConcrete])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tau", [1e-8, 1e5])
+def test_number_temperature_is_not_rounded_to_half_precision(cls, dtype, tau):
+    """1e-8 and 1e5 are 0 and inf in float16: a number is held in float32 instead, and the
+    samples stay in the logits' dtype (a Python scalar is weak in torch's type promotion)."""
+    logits = torch.randn(3, 4, generator=gen(19)).to(dtype)
+    if cls is BinaryConcrete:
+        logits = logits[:, 0]
+    d = cls(tau, logits=logits)  # torch's validation of temperature > 0 on
+    assert d.temperature.dtype == torch.float32
+    assert float(d.temperature.flatten()[0]) == pytest.approx(tau, rel=1e-6)
+    s = d.rsample((50,), generator=gen(20))
+    assert s.dtype == dtype and torch.isfinite(s).all()
+    assert d.expand((2,) + d.batch_shape).sample().dtype == dtype
+    unchecked = cls(tau, logits=logits, validate_args=False)  # half samples: off by rounding
+    assert torch.isfinite(unchecked.log_prob(s)).all()
+    k = 4 if cls is not BinaryConcrete else 2
+    if cls is Concrete:
+        point = s.float()
+    elif cls is ExpConcrete:
+        point = s.float().exp()
+    else:
+        point = torch.stack([s.float(), 1 - s.float()], -1)
+    if tau > 1:  # hot: at the centre, up to the rounding of the dtype
+        torch.testing.assert_close(point, torch.full_like(point, 1 / k), atol=1e-2, rtol=0)
+    else:  # cold: one-hot
+        ones = torch.ones(point.shape[:-1])
+        torch.testing.assert_close(point.max(-1).values, ones, atol=1e-2, rtol=0)
+
+
+def test_temperature_dtype_follows_torch_promotion_and_unrepresentable_numbers_raise():
+    half = torch.randn(3, 4, generator=gen(21)).half()
+    # a floating-point tensor temperature joins the promotion, as in torch
+    assert Concrete(torch.tensor(0.5), logits=half).rsample().dtype == torch.float32
+    assert Concrete(torch.tensor(0.5).half(), logits=half).rsample().dtype == torch.float16
+    assert BinaryConcrete(torch.tensor(0.5), logits=half[:, 0]).rsample().dtype == torch.float32
+    # an integer tensor is weak, like a number: 100000 would be inf in float16
+    d = ExpConcrete(torch.tensor(100000), logits=half)
+    assert d.rsample().dtype == torch.float16 and (d.temperature == 100000.0).all()
+    # a number that is 0 or inf even in the compute dtype is refused, not rounded
+    for cls in (Concrete, ExpConcrete, BinaryConcrete):
+        for tau in (1e-50, 1e39):
+            with pytest.raises(ValueError, match="temperature"):
+                cls(tau, logits=torch.zeros(3))
+        # a float64 tensor (or float64 logits) carries it
+        assert torch.isfinite(
+            cls(torch.tensor(1e-50, dtype=F64), logits=torch.zeros(3)).sample()
+        ).all()
+        assert torch.isfinite(cls(1e39, logits=torch.zeros(3, dtype=F64)).sample()).all()

@@ -35,7 +35,11 @@ from torch.distributions.utils import lazy_property
 from torch.types import _size
 
 from discograd._validation import check_tau, validate_args_enabled
-from discograd.distributions.exp_concrete import TemperatureLike, smallest_positive
+from discograd.distributions.exp_concrete import (
+    TemperatureLike,
+    as_temperature,
+    smallest_positive,
+)
 from discograd.ops import compute_dtype, standard_exponential
 
 __all__ = ["BinaryConcrete"]
@@ -67,6 +71,10 @@ class BinaryConcrete(Distribution):
         temperature: :math:`\tau > 0`, a float or a tensor broadcastable with the logits; the
             broadcast is the batch shape. As :math:`\tau \to 0` samples approach
             Bernoulli(sigmoid(a)) draws; as :math:`\tau \to \infty` they approach 1/2.
+            A number (not a tensor) leaves the samples in the parameters' dtype, as a Python
+            scalar does in torch's type promotion, and is held in the compute dtype (float32
+            for 16-bit parameters), so 1e-8 or 1e5 with float16 logits is neither 0 nor inf;
+            a floating-point tensor's dtype is promoted with the parameters', as in torch.
         logits: log-odds :math:`a` of any shape (a float or tensor); ``-inf`` / ``+inf`` give
             the degenerate distributions at 0 / 1.
         probs: P(1) in [0, 1] (instead of ``logits``).
@@ -75,6 +83,15 @@ class BinaryConcrete(Distribution):
 
     ``rsample`` and ``sample`` take an optional keyword ``generator`` (a discograd extension).
     ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
+
+    KL terms of relaxed latents (a relaxed-Bernoulli VAE): compute them in log space, as
+    Maddison et al. recommend, with :class:`~discograd.distributions.ExpConcrete` of logits
+    :math:`(a, 0)` (a K = 2 Concrete is a Binary Concrete: :math:`y` is the exp of its first
+    coordinate), not as ``log_prob(rsample())`` here. Backpropagating through the sample passes
+    :math:`\partial \log p / \partial y \sim 1/y` or :math:`1/(1-y)`, which overflows where
+    :math:`y` is within float rounding of 0 or 1, and the logits' gradient becomes inf or NaN
+    (float16 at :math:`\tau = 0.01`, float32 at :math:`\tau = 100` with logits near 1e4). The
+    values of ``log_prob`` stay finite; only that path's gradient is affected.
     """
 
     # Class attributes overriding torch's properties of the same names, as torch's own do.
@@ -85,6 +102,7 @@ class BinaryConcrete(Distribution):
     }
     support: ClassVar[Constraint] = constraints.unit_interval
     has_rsample = True
+    _dtype: torch.dtype  # of the samples, see as_temperature
 
     def __init__(
         self,
@@ -105,10 +123,7 @@ class BinaryConcrete(Distribution):
                 raise ValueError(f"{name} contains NaN")
             if probs is not None and ((param < 0).any() or (param > 1).any()):
                 raise ValueError("probs must lie in [0, 1]")
-        if not isinstance(temperature, Tensor):
-            temperature = torch.tensor(float(temperature), dtype=param.dtype, device=param.device)
-        elif not temperature.is_floating_point():
-            temperature = temperature.to(param.dtype)
+        temperature, self._dtype = as_temperature(temperature, param)
         try:
             batch_shape = torch.broadcast_shapes(temperature.shape, param.shape)
         except RuntimeError:
@@ -126,6 +141,7 @@ class BinaryConcrete(Distribution):
         new = cast(BinaryConcrete, self._get_checked_instance(BinaryConcrete, _instance))
         batch_shape = torch.Size(batch_shape)
         new.temperature = self.temperature.expand(batch_shape)
+        new._dtype = self._dtype
         if "logits" in self.__dict__:
             new._param = new.__dict__["logits"] = self.logits.expand(batch_shape)
         if "probs" in self.__dict__:
@@ -154,10 +170,6 @@ class BinaryConcrete(Distribution):
     @property
     def param_shape(self) -> torch.Size:
         return self._param.shape
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        return torch.promote_types(self._param.dtype, self.temperature.dtype)
 
     def rsample(
         self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None

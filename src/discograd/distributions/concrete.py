@@ -59,6 +59,10 @@ class Concrete(Distribution):
             ``logits.shape[:-1]``; the broadcast is the batch shape. As :math:`\tau \to 0`
             samples approach one-hot vectors distributed as Categorical(softmax(logits)); as
             :math:`\tau \to \infty` they approach the centre (1/K, ..., 1/K).
+            A number (not a tensor) leaves the samples in the parameters' dtype, as a Python
+            scalar does in torch's type promotion, and is held in the compute dtype (float32
+            for 16-bit parameters), so 1e-8 or 1e5 with float16 logits is neither 0 nor inf;
+            a floating-point tensor's dtype is promoted with the parameters', as in torch.
         logits: (..., K) unnormalized log-probabilities; ``-inf`` masks a category.
         probs: (..., K) probabilities (instead of ``logits``); zeros mask categories.
         validate_args: torch's validation of parameters and log_prob values (None: torch's
@@ -68,6 +72,14 @@ class Concrete(Distribution):
 
     ``rsample`` and ``sample`` take an optional keyword ``generator`` (a discograd extension).
     ``mean`` has no closed form and raises ``NotImplementedError``, as in torch.
+
+    KL terms of relaxed latents (a Concrete VAE): compute them in log space with
+    :class:`~discograd.distributions.ExpConcrete`, as Maddison et al. recommend, not as
+    ``log_prob(rsample())`` here. Backpropagating through the sample passes
+    :math:`\partial \log p / \partial x_k \sim 1/x_k`, which overflows where coordinates are
+    tiny, and the logits' gradient becomes inf or NaN: in float16 at :math:`\tau = 0.01`, or in
+    float32 at :math:`\tau = 100` with logits near 1e4. The values of ``log_prob`` stay finite;
+    only that path's gradient is affected.
 
     References: Maddison, Mnih, Teh, "The Concrete Distribution", 2016;
     Jang, Gu, Poole, "Categorical Reparameterization with Gumbel-Softmax", 2016.
@@ -89,10 +101,13 @@ class Concrete(Distribution):
         probs: Optional[Tensor] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        self.base_dist = ExpConcrete(temperature, logits=logits, probs=probs, validate_args=False)
-        super().__init__(
-            self.base_dist.batch_shape, self.base_dist.event_shape, validate_args=validate_args
-        )
+        # The parameters are validated by the base, which checks only the one given, as torch's
+        # classes do: probs computed from logits (a plain property here) can be off torch's 1e-6
+        # simplex tolerance by float32 rounding at large K (1.3e-6 at K = 32000).
+        base = ExpConcrete(temperature, logits=logits, probs=probs, validate_args=validate_args)
+        self.base_dist = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+        self._validate_args = base._validate_args
 
     def expand(self, batch_shape: _size, _instance=None) -> Concrete:
         new = cast(Concrete, self._get_checked_instance(Concrete, _instance))

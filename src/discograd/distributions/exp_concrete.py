@@ -28,6 +28,7 @@ Relaxation of Discrete Random Variables", 2016 (ICLR 2017); E. Jang, S. Gu, B. P
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Dict, Optional, Tuple, Union, cast
 
 import torch
@@ -59,15 +60,41 @@ def smallest_positive(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny
 
 
+def as_temperature(temperature: TemperatureLike, param: Tensor) -> Tuple[Tensor, torch.dtype]:
+    """The temperature as a tensor, and the dtype of the samples.
+
+    A floating-point tensor is used as given, and its dtype is promoted with ``param``'s, as in
+    torch. Anything else (a Python number, an integer tensor) is "weak", as in torch's type
+    promotion: samples keep ``param``'s dtype, and the temperature is held in the compute dtype
+    (float32 for 16-bit ``param``, see ops), not rounded to ``param``'s dtype, where 1e5 or 1e-8
+    would become inf or 0 in float16. A number that is still 0 or inf in the compute dtype (1e-50
+    with float32 parameters) raises a ValueError naming ``temperature``.
+    """
+    if isinstance(temperature, Tensor) and temperature.is_floating_point():
+        return temperature, torch.promote_types(param.dtype, temperature.dtype)
+    work = compute_dtype(param.dtype)
+    if isinstance(temperature, Tensor):  # integers, > 0 by check_tau: never 0 or inf in work
+        return temperature.to(work), param.dtype
+    value = float(temperature)  # check_tau has accepted it: finite and > 0
+    held = torch.tensor(value, dtype=work)
+    if not 0.0 < float(held) < math.inf:
+        raise ValueError(
+            f"temperature {value!r} is {float(held)} in {work}, the dtype it is computed in for "
+            f"{param.dtype} parameters; pass it as a float64 tensor (samples are then float64)"
+        )
+    return held.to(param.device), param.dtype
+
+
 def concrete_params(
     temperature: TemperatureLike,
     logits: Optional[Tensor],
     probs: Optional[Tensor],
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], torch.Size]:
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], torch.Size, torch.dtype]:
     """Check and broadcast (temperature, logits or probs) of a Concrete-type distribution.
 
     Returns the temperature (batch_shape), normalized logits or probs (batch_shape + (K,)),
-    and batch_shape: the broadcast of ``temperature``'s shape and ``logits.shape[:-1]``.
+    batch_shape (the broadcast of ``temperature``'s shape and ``logits.shape[:-1]``) and the
+    dtype of the samples (:func:`as_temperature`).
     """
     if (logits is None) == (probs is None):
         raise ValueError("exactly one of logits or probs must be given")
@@ -85,10 +112,7 @@ def concrete_params(
         check_probs(probs, name="probs", dim=-1)
         probs = probs / probs.sum(-1, keepdim=True)
         param = probs
-    if not isinstance(temperature, Tensor):
-        temperature = torch.tensor(float(temperature), dtype=param.dtype, device=param.device)
-    elif not temperature.is_floating_point():
-        temperature = temperature.to(param.dtype)
+    temperature, dtype = as_temperature(temperature, param)
     try:
         batch_shape = torch.broadcast_shapes(temperature.shape, param.shape[:-1])
     except RuntimeError:
@@ -99,8 +123,8 @@ def concrete_params(
     full = batch_shape + param.shape[-1:]
     temperature = temperature.expand(batch_shape)
     if logits is not None:
-        return temperature, logits.expand(full), None, batch_shape
-    return temperature, None, param.expand(full), batch_shape
+        return temperature, logits.expand(full), None, batch_shape, dtype
+    return temperature, None, param.expand(full), batch_shape, dtype
 
 
 def tempered_scores(logits: Tensor, noise: Tensor, tau: Tensor) -> Tensor:
@@ -120,11 +144,23 @@ def log_concrete_sample(
     shape: torch.Size,
     generator: Optional[torch.Generator],
 ) -> Tensor:
-    """log_softmax((logits + G) / tau) of shape ``shape``, in the compute dtype (see ops)."""
+    """log_softmax((logits + G) / tau) of shape ``shape``, in the compute dtype (see ops).
+
+    Its exp is on the simplex to float32 rounding (|sum - 1| below 1e-6) up to K = 32000 at
+    least, at every temperature.
+    """
     work = compute_dtype(torch.promote_types(logits.dtype, tau.dtype))
     noise = gumbel_noise(shape, generator=generator, dtype=work, device=logits.device)
     scores = tempered_scores(logits.to(work), noise, tau.to(work).unsqueeze(-1))
-    return torch.log_softmax(scores, -1)
+    # Not torch.log_softmax: on CPU in float32 its result is off logsumexp = 0 by up to 1e-5 at
+    # K = 32000 (its exp then fails torch's 1e-6 simplex check); logsumexp sums more accurately.
+    # Not scores - scores.logsumexp either: at low temperature the scores are large and the
+    # rounding of their logsumexp (1e-5 at |scores| ~ 100) moves the near-one-hot point off
+    # the simplex. Shifted by the (constant, so detached) row maximum, the largest entry is 0
+    # and the logsumexp is near 0, rounded finely. A masked (-inf) score stays -inf; a row with
+    # one unmasked entry gives 0 there (check_logits rejects fully masked rows).
+    shifted = scores - scores.detach().amax(-1, keepdim=True)
+    return shifted - shifted.logsumexp(-1, keepdim=True)
 
 
 def log_concrete_density(logits: Tensor, tau: Tensor, log_x: Tensor) -> Tensor:
@@ -147,6 +183,10 @@ class ExpConcrete(Distribution):
     Args:
         temperature: :math:`\tau > 0`, a float or a tensor broadcastable with
             ``logits.shape[:-1]``; the broadcast is the batch shape.
+            A number (not a tensor) leaves the samples in the parameters' dtype, as a Python
+            scalar does in torch's type promotion, and is held in the compute dtype (float32
+            for 16-bit parameters), so 1e-8 or 1e5 with float16 logits is neither 0 nor inf;
+            a floating-point tensor's dtype is promoted with the parameters', as in torch.
         logits: (..., K) unnormalized log-probabilities; ``-inf`` masks a category.
         probs: (..., K) probabilities (instead of ``logits``); zeros mask categories.
         validate_args: torch's validation of parameters and log_prob values (None: torch's
@@ -166,6 +206,7 @@ class ExpConcrete(Distribution):
     # The true support is the manifold logsumexp(y) = 0.
     support: ClassVar[Constraint] = constraints.real_vector
     has_rsample = True
+    _dtype: torch.dtype  # of the samples, see as_temperature
 
     def __init__(
         self,
@@ -174,7 +215,8 @@ class ExpConcrete(Distribution):
         probs: Optional[Tensor] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        self.temperature, logits, probs, batch_shape = concrete_params(temperature, logits, probs)
+        params = concrete_params(temperature, logits, probs)
+        self.temperature, logits, probs, batch_shape, self._dtype = params
         # The given parameter goes into the instance __dict__, where lazy_property looks first.
         if logits is not None:
             self.__dict__["logits"] = logits
@@ -189,6 +231,7 @@ class ExpConcrete(Distribution):
         new = cast(ExpConcrete, self._get_checked_instance(ExpConcrete, _instance))
         batch_shape = torch.Size(batch_shape)
         new.temperature = self.temperature.expand(batch_shape)
+        new._dtype = self._dtype
         full = batch_shape + self.event_shape
         if "logits" in self.__dict__:
             new._param = new.__dict__["logits"] = self.logits.expand(full)
@@ -216,10 +259,6 @@ class ExpConcrete(Distribution):
     @property
     def param_shape(self) -> torch.Size:
         return self._param.shape
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        return torch.promote_types(self._param.dtype, self.temperature.dtype)
 
     def rsample(
         self, sample_shape: _size = _NO_SHAPE, *, generator: Optional[torch.Generator] = None
