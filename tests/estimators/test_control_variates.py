@@ -238,6 +238,7 @@ def test_rebar_and_relax_stay_finite_with_masks_and_low_precision(dtype):
         out.backward()
         hard = seen[0][:8]
         assert torch.isfinite(out) and torch.isfinite(logits.grad).all()
+        assert out.dtype == dtype  # f's dtype, as every estimator's (not the CV's float32)
         assert all(torch.isfinite(p.grad).all() for p in est.parameters())
         assert hard[:, 0, 1].abs().max() == 0 and hard[:, 1, 2].abs().max() == 0  # never masked
         assert torch.allclose(out.double(), f(hard).double().mean(), rtol=1e-2)  # value: f(b)

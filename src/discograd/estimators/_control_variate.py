@@ -271,9 +271,14 @@ class ControlVariateEstimator(Estimator):
         g = self._gradient(leaf, log_p, f_hard, controls[-1], pathwise, create_graph=bool(params))
         # Masked (-inf) logits have g = 0 and must not turn the zero-valued term into NaN.
         finite = torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits))
-        surrogate = f_hard.mean(0) + zero_value(_sum_beyond(g.detach() * finite, out_ndim))
+        # The zero-valued terms are cast to f's dtype: the surrogate keeps f's dtype, as every
+        # other estimator's (the control variate's float32 parameters would promote it).
+        dtype = f_hard.dtype
+        surrogate = f_hard.mean(0) + zero_value(_sum_beyond(g.detach() * finite, out_ndim)).to(
+            dtype
+        )
         if params and g.requires_grad:
-            surrogate = surrogate + zero_value(self._variance_term(g, params))
+            surrogate = surrogate + zero_value(self._variance_term(g, params)).to(dtype)
         return surrogate
 
     def _gradient(
