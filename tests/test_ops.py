@@ -117,6 +117,13 @@ def test_gumbel_noise_shapes_dtypes_devices_and_generator():
     assert not torch.equal(gumbel_noise(100, generator=gen(6)), gumbel_noise(100, generator=gen(7)))
     with pytest.raises(ValueError, match="dtype"):
         gumbel_noise(3, dtype=torch.int64)
+    # Sizes are ints, as in torch.rand (the kernel path used to truncate a float size).
+    assert gumbel_noise([torch.tensor(2), 3]).shape == (2, 3) and gumbel_noise(()).shape == ()
+    for bad in [(2.0, 3), 2.5, "ab"]:
+        with pytest.raises(TypeError, match="shape_or_tensor must be a tensor or a shape of ints"):
+            gumbel_noise(bad)
+    with pytest.raises(ValueError, match="shape_or_tensor has a negative size"):
+        gumbel_noise((-1, 3))
 
 
 # ---------------------------------------------------------------- gumbel_topk / relaxed_topk

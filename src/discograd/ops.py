@@ -18,7 +18,9 @@ away probability mass. Half-precision inputs are computed in float32 and cast ba
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import operator
+from collections.abc import Iterable
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,8 @@ def gumbel_noise(
         [-3.6, 37.4] in float64; the probability outside these ranges is below 2^-24 and
         2^-53, the resolution of the underlying uniform generator.
     """
+    if not isinstance(shape_or_tensor, Tensor):
+        shape_or_tensor = _shape(shape_or_tensor)
     fast = _kernels.gumbel_noise(shape_or_tensor, generator, dtype, device)
     if fast is not None:  # fused kernel for this device and dtype (discograd.kernels)
         return fast
@@ -109,13 +113,28 @@ def gumbel_noise(
         dtype = shape_or_tensor.dtype if dtype is None else dtype
         device = shape_or_tensor.device if device is None else device
     else:
-        shape = (shape_or_tensor,) if isinstance(shape_or_tensor, int) else tuple(shape_or_tensor)
+        shape = shape_or_tensor
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     work = compute_dtype(dtype)
     e = standard_exponential(shape, generator=generator, dtype=work, device=device)
     return (-torch.log(e)).to(dtype)
+
+
+def _shape(shape: ShapeLike) -> Tuple[int, ...]:
+    """A shape as a tuple of ints >= 0, with a TypeError or ValueError naming the argument (as
+    torch.rand, no float sizes)."""
+    try:
+        dims = (operator.index(shape),) if not isinstance(shape, Iterable) else tuple(shape)
+        dims = tuple(operator.index(d) for d in dims)
+    except TypeError:
+        raise TypeError(
+            f"shape_or_tensor must be a tensor or a shape of ints, got {shape!r}"
+        ) from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape_or_tensor has a negative size: {dims}")
+    return dims
 
 
 def _perturbed(logits: Tensor, dim: int, generator: Optional[torch.Generator]) -> Tensor:

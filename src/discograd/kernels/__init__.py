@@ -32,6 +32,7 @@ global generator.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from typing import Dict, Optional, Sequence, Union
 
@@ -253,7 +254,7 @@ def gumbel_noise(
         shape = (shape_or_tensor,)
     else:
         try:
-            shape = tuple(int(s) for s in shape_or_tensor)
+            shape = tuple(operator.index(s) for s in shape_or_tensor)  # as torch: no floats
         except TypeError:
             return None
     if not torch.compiler.is_compiling() and (
