@@ -188,26 +188,36 @@ if triton is not None:
         return tl.where(m > float("-inf"), m, 0.0)
 
     @triton.jit
-    def _exp(z, shift, inv_tau):
-        return tl.exp((z - shift) * inv_tau)
+    def _exp(z, shift, rate):
+        """exp((z - shift) / tau), given rate = log2(e) / tau: tl.exp is ex2 of its argument
+        times log2(e) anyway, and the product is folded into the row's rate (one multiply an
+        element fewer)."""
+        return tl.exp2((z - shift) * rate)
 
-    @triton.jit
-    def _first(z, col, top):
-        """Smallest column whose z equals top (the first arg max)."""
-        return _min(tl.where(z == top, col, 2147483647))
-
+    # The four words' tiles are combined element-wise before one reduction: a reduction
+    # across threads costs shuffles and a shared-memory round, so one instead of four
+    # (benchmarks/sass_count.py counts the instructions; numbers in benchmarks/RESULTS.md).
     @triton.jit
     def _max4(z0, z1, z2, z3):
         """Max of a tile's four words' z."""
-        return tl.maximum(tl.maximum(_max(z0), _max(z1)), tl.maximum(_max(z2), _max(z3)))
+        return _max(tl.maximum(tl.maximum(z0, z1), tl.maximum(z2, z3)))
+
+    @triton.jit
+    def _sum4(e0, e1, e2, e3):
+        """Sum of a tile's four words' terms."""
+        return _sum((e0 + e1) + (e2 + e3))
+
+    @triton.jit
+    def _where_top(z, col, top):
+        """Each entry's column where z equals top, else the largest int32."""
+        return tl.where(z == top, col, 2147483647)
 
     @triton.jit
     def _first4(z0, z1, z2, z3, col, top):
         """First column of a tile whose z equals top (word w's columns are col + 16 w)."""
-        return tl.minimum(
-            tl.minimum(_first(z0, col, top), _first(z1, col + 16, top)),
-            tl.minimum(_first(z2, col + 32, top), _first(z3, col + 48, top)),
-        )
+        first01 = tl.minimum(_where_top(z0, col, top), _where_top(z1, col + 16, top))
+        first23 = tl.minimum(_where_top(z2, col + 32, top), _where_top(z3, col + 48, top))
+        return _min(tl.minimum(first01, first23))
 
     @triton.jit
     def _put(row, col, value, inside, FULL: tl.constexpr):
@@ -231,7 +241,7 @@ if triton is not None:
 
     @triton.jit
     def _forward_single(
-        x_row, y_row, h_row, status_ptr, seed, base, K, inv_tau, HARD, CHUNKS, FULL, FAST
+        x_row, y_row, h_row, status_ptr, seed, base, K, rate, HARD, CHUNKS, FULL, FAST
     ):
         """The whole row in registers: noise, max, sum, write; x read once, y written once."""
         r0, r1, r2, r3, col = _tile(seed, base, base // 64, CHUNKS)
@@ -240,12 +250,16 @@ if triton is not None:
         z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST)
         z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST)
         m = _max4(z0, z1, z2, z3)
+        if HARD:
+            # Found before the exponentials, while z is live anyway: afterwards z and e would
+            # both be held, and the registers spill.
+            index = _first4(z0, z1, z2, z3, col, m)
         shift = _shift(m)
-        e0 = _exp(z0, shift, inv_tau)
-        e1 = _exp(z1, shift, inv_tau)
-        e2 = _exp(z2, shift, inv_tau)
-        e3 = _exp(z3, shift, inv_tau)
-        total = _sum(e0) + _sum(e1) + _sum(e2) + _sum(e3)
+        e0 = _exp(z0, shift, rate)
+        e1 = _exp(z1, shift, rate)
+        e2 = _exp(z2, shift, rate)
+        e3 = _exp(z3, shift, rate)
+        total = _sum4(e0, e1, e2, e3)
         _flag_invalid(status_ptr, total)
         inv_total = 1.0 / total
         _put(y_row, col, e0 * inv_total, i0, FULL)
@@ -253,7 +267,6 @@ if triton is not None:
         _put(y_row, col + 32, e2 * inv_total, i2, FULL)
         _put(y_row, col + 48, e3 * inv_total, i3, FULL)
         if HARD:
-            index = _first4(z0, z1, z2, z3, col, m)
             _put_hard(h_row, col, index, i0, FULL)
             _put_hard(h_row, col + 16, index, i1, FULL)
             _put_hard(h_row, col + 32, index, i2, FULL)
@@ -261,7 +274,7 @@ if triton is not None:
 
     @triton.jit
     def _forward_tiled(
-        x_row, y_row, z_row, h_row, status_ptr, seed, base, K, inv_tau, HARD, CHUNKS, FULL, FAST
+        x_row, y_row, z_row, h_row, status_ptr, seed, base, K, rate, HARD, CHUNKS, FULL, FAST
     ):
         """Rows longer than a tile: pass 1 writes z = x + G (float32) and keeps the running
         max m and sum s = sum exp((z - m) / tau), rescaled once per tile (one exp an element);
@@ -287,13 +300,13 @@ if triton is not None:
                     index = _first4(z0, z1, z2, z3, col, top)
             m_new = tl.maximum(m, top)
             shift = _shift(m_new)
-            tile = (
-                _sum(_exp(z0, shift, inv_tau))
-                + _sum(_exp(z1, shift, inv_tau))
-                + _sum(_exp(z2, shift, inv_tau))
-                + _sum(_exp(z3, shift, inv_tau))
+            tile = _sum4(
+                _exp(z0, shift, rate),
+                _exp(z1, shift, rate),
+                _exp(z2, shift, rate),
+                _exp(z3, shift, rate),
             )
-            s = s * _exp(m, shift, inv_tau) + tile
+            s = s * _exp(m, shift, rate) + tile
             m = m_new
         _flag_invalid(status_ptr, s)
         inv_total = 1.0 / s
@@ -304,7 +317,7 @@ if triton is not None:
             col = start + tl.arange(0, CHUNKS * 64)
             inside = col < K
             z = tl.load(z_row + col, mask=inside, other=float("-inf"))
-            _put(y_row, col, _exp(z, shift, inv_tau) * inv_total, inside, False)
+            _put(y_row, col, _exp(z, shift, rate) * inv_total, inside, False)
             if HARD:
                 _put_hard(h_row, col, index, inside, False)
 
@@ -328,7 +341,7 @@ if triton is not None:
     ):
         row = tl.program_id(0).to(tl.int64)
         seed = tl.load(seed_ptr)
-        inv_tau = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS)
+        rate = _row_tau(tau_rows_ptr, row, tau, HAS_TAU_ROWS) * 1.4426950408889634  # log2(e)
         base = row * K
         if SINGLE:
             _forward_single(
@@ -339,7 +352,7 @@ if triton is not None:
                 seed,
                 base,
                 K,
-                inv_tau,
+                rate,
                 HARD,
                 CHUNKS,
                 FULL,
@@ -355,7 +368,7 @@ if triton is not None:
                 seed,
                 base,
                 K,
-                inv_tau,
+                rate,
                 HARD,
                 CHUNKS,
                 FULL,
