@@ -113,7 +113,9 @@ class StochasticCategorical(_Stochastic):
         **options: the estimator's options when given by name (``tau``, ``k``, ...).
 
     ``forward(logits, generator=None)`` returns samples shaped like ``logits`` ((S, ...) with
-    the estimator's ``n_samples = S > 1``).
+    the estimator's ``n_samples = S > 1``). It samples in ``eval()`` mode too (unlike
+    ``nn.Dropout``): for a deterministic output take the arg max of the logits, or pass a
+    seeded ``generator``.
     """
 
     distribution = "categorical"
