@@ -460,3 +460,14 @@ def test_single_process_makes_no_process_group(tmp_path):
     assert not dist.is_initialized()
     assert "distributed" not in json.loads((tmp_path / "config.json").read_text())
     assert Path(tmp_path / "checkpoint.pt").exists()
+
+
+def test_the_process_group_timeout_can_be_set_in_seconds(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.timeout() == distributed.TIMEOUT
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    assert distributed.timeout().total_seconds() == 90
+    for bad in ["0", "-5", "nan", "inf", "soon"]:
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match="DISCOGRAD_DIST_TIMEOUT_S must be a number"):
+            distributed.timeout()

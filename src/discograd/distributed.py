@@ -58,6 +58,7 @@ __all__ = [
     "setup",
     "shard",
     "teardown",
+    "timeout",
     "under_launcher",
     "world_size",
 ]
@@ -65,6 +66,24 @@ __all__ = [
 # Long enough for rank 0's evaluations and checkpoints while the other ranks wait; short enough
 # that a rank lost without torchrun noticing fails the run instead of hanging it for hours.
 TIMEOUT = datetime.timedelta(minutes=30)
+TIMEOUT_ENV = "DISCOGRAD_DIST_TIMEOUT_S"
+
+
+def timeout() -> datetime.timedelta:
+    """The process group's timeout: ``$DISCOGRAD_DIST_TIMEOUT_S`` seconds when set, else
+    :data:`TIMEOUT`. It also bounds a rendezvous that never completes (after a restart by
+    ``torchrun --max-restarts``, torch's ``init_process_group`` can hang; shorter than the
+    30 minutes lets torchrun retry sooner)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds < float("inf")):
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -139,7 +158,7 @@ def setup(device: str = "cpu") -> Tuple[Context, torch.device]:
                     f"processes per machine"
                 )
             torch.cuda.set_device(local)
-        dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
+        dist.init_process_group(backend_for(dev), timeout=timeout())
         owns = True
     ctx = Context(dist.get_rank(), dist.get_world_size(), local, dist.get_backend(), owns)
     if ctx.distributed and dev.type == "cuda":
