@@ -586,3 +586,55 @@ def test_truncated_npz_names_the_file(tmp_path):
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(DataError, match="truncated.npz"):
         load_npz(bad)
+
+
+def test_npz_that_is_an_npy_or_has_non_integer_labels_names_the_file(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (20, 6, 6), dtype=np.uint8)
+    npy = tmp_path / "plain.npz"  # np.save's single array under an .npz name
+    with open(npy, "wb") as fh:
+        np.save(fh, images)
+    with pytest.raises(D.DataError, match=r"plain.npz: is a single .npy array"):
+        D.load_npz(npy)
+    for name, labels in [("strings", np.array(["a"] * 20)), ("halves", np.arange(20) + 0.5)]:
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, images=images, labels=labels)
+        # Floats were cast (20.5 -> 20) in silence, strings failed with a bare ValueError.
+        with pytest.raises(D.DataError, match=rf"{name}.npz: 'labels' must have an integer"):
+            D.load_npz(path)
+    for dtype in (np.uint8, np.int16, np.int64):  # any integer dtype (-1: a missing label)
+        labels = np.arange(20).astype(dtype)
+        labels[0] = -1 if np.issubdtype(dtype, np.signedinteger) else 0
+        path = tmp_path / "ok.npz"
+        np.savez(path, images=images, labels=labels)
+        splits = D.load_npz(path)
+        all_y = torch.cat([splits.train_labels, splits.valid_labels, splits.test_labels])
+        assert all_y.dtype == torch.int64
+        assert sorted(all_y.tolist()) == sorted(labels.astype(np.int64).tolist())
+    # The project's own files load: the shared digits (uint8 labels).
+    if SHARED.is_file():
+        assert D.load_npz(SHARED).train_labels.dtype == torch.int64
+
+
+def test_missing_local_file_is_not_retried_but_the_next_mirror_is(tmp_path, gz_images):
+    import time
+
+    good = tmp_path / "src" / "x.gz"
+    good.parent.mkdir()
+    good.write_bytes(gz_images)
+    missing = (tmp_path / "src" / "nope.gz").as_uri()
+    file = D.RemoteFile("x.gz", (missing,), len(gz_images), sha256(gz_images))
+    # backoff 30 s: one retry of the missing file would take 30 s.
+    started = time.perf_counter()
+    with pytest.raises(D.DownloadError, match="No such file") as info:
+        D.download(file, tmp_path / "out" / "x.gz", retries=3, backoff=30.0)
+    assert time.perf_counter() - started < 5.0
+    assert str(info.value).count(missing) == 1  # one attempt, listed once
+    for url in ("ftpx://host/x.gz",):  # a scheme urllib does not know: permanent as well
+        bad = dataclasses.replace(file, urls=(url,))
+        with pytest.raises(D.DownloadError, match="unknown url type"):
+            D.download(bad, tmp_path / "out" / "x.gz", retries=3, backoff=30.0)
+    # The next mirror is still tried.
+    both = dataclasses.replace(file, urls=(missing, good.as_uri()))
+    started = time.perf_counter()
+    assert D.download(both, tmp_path / "out" / "x.gz", backoff=30.0).read_bytes() == gz_images
+    assert time.perf_counter() - started < 5.0

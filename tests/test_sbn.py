@@ -200,6 +200,25 @@ def test_bad_arguments_raise_value_errors():
         StochasticBinaryNetwork(3, 4, n_latent=20).exact_nll(*(t.float() for t in _data()))
 
 
+@pytest.mark.parametrize(
+    "size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_sbn_experiment_checks_eval_batch_size(size, error):
+    # 0 failed at the first evaluation (range() arg 3 must not be zero); -1 evaluated no
+    # example and reported nll 0.0.
+    from discograd.data import load_digits
+    from discograd.models.sbn import SBNExperiment
+
+    data = load_digits()
+    half = data.dim // 2
+    model = StochasticBinaryNetwork(half, half, n_latent=2)
+    est = [estimators.get("st")] * 2
+    with pytest.raises(error, match="eval_batch_size"):
+        SBNExperiment(data, model, est, eval_batch_size=size)
+    exp = SBNExperiment(data, model, est, eval_batch_size=7, eval_samples=2)
+    assert exp.evaluate("valid", torch.Generator().manual_seed(0))["nll"] > 0
+
+
 def test_training_lowers_the_nll_on_digits(tmp_path):
     from discograd.data import load_digits
     from discograd.models.sbn import SBNExperiment

@@ -66,11 +66,35 @@ def test_exponential_decay_follows_jang_et_al():
         ({"rate": -1e-3}, "rate"),
         ({"rate": float("nan")}, "rate"),
         ({"every": 0}, "every"),
+        # inf was accepted: the tensor path computed inf * 0 = NaN at step 0.
+        ({"rate": float("inf")}, "rate"),
     ],
 )
 def test_exponential_decay_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ExponentialDecay(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"every": 2.5}, "every"), ({"every": True}, "every"), ({"rate": "0.1"}, "rate")],
+)
+def test_exponential_decay_arguments_of_the_wrong_type_name_the_argument(kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        ExponentialDecay(**kwargs)
+
+
+def test_exponential_decay_refuses_negative_steps():
+    sched = ExponentialDecay(tau0=1.0, rate=0.1, tau_min=0.2, every=3)
+    for step in (-1, -4):  # gave exp(+0.3) and exp(+0.6): temperatures above tau0
+        with pytest.raises(ValueError, match="step"):
+            sched(step)
+    assert sched(0) == 1.0 and float(sched(torch.tensor(0.0, dtype=torch.float64))) == 1.0
+    # The largest finite rate is fine on both paths (exp underflows to 0: tau_min).
+    big = ExponentialDecay(tau0=1.0, rate=1e300, tau_min=0.2, every=1)
+    assert big(0) == 1.0 and big(1) == 0.2
+    assert float(big(torch.tensor(0.0, dtype=torch.float64))) == 1.0
+    assert float(big(torch.tensor(1.0, dtype=torch.float64))) == 0.2
 
 
 def test_learned_temperature_is_positive_trainable_and_above_its_floor():
@@ -110,11 +134,21 @@ def test_learned_temperature_is_positive_trainable_and_above_its_floor():
         ({"init": 1.0, "tau_min": -0.1}, "tau_min"),
         ({"init": 1.0, "tau_min": 1.0}, "tau_min"),
         ({"init": 1.0, "tau_min": 2.0}, "tau_min"),
+        # exp(log 1e-50) is 0.0 in float32: the temperature was exactly 0.
+        ({"init": 1e-50}, "init"),
+        ({"init": 1e-40}, "init"),  # a float32 subnormal: no longer a normal number
     ],
 )
 def test_learned_temperature_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         LearnedTemperature(**kwargs)
+
+
+def test_small_learned_temperatures_that_float32_holds_are_accepted_and_positive():
+    for init in (1e-30, 2 * torch.finfo(torch.float32).tiny):
+        tau = LearnedTemperature(init=init)()
+        assert tau.dtype == torch.float32 and tau.item() > 0
+        assert tau.item() == pytest.approx(init, rel=1e-5)
 
 
 def test_as_schedule_wraps_values_and_passes_callables_through():

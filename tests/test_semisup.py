@@ -47,6 +47,24 @@ def _grads(model, value):
     return torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
 
 
+@pytest.mark.parametrize(
+    "size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_semisupervised_experiment_checks_eval_batch_size(size, error):
+    # 0 failed at the first evaluation (range() arg 3 must not be zero); -1 evaluated no
+    # example and reported zeros.
+    from discograd.data import load_digits
+    from discograd.models.m2 import SemiSupervisedExperiment
+
+    data = load_digits()
+    model = M2(data.dim, 10, z_dim=2, hidden=(4,))
+    with pytest.raises(error, match="eval_batch_size"):
+        SemiSupervisedExperiment(data, model, estimators.get("exact"), eval_batch_size=size)
+    exp = SemiSupervisedExperiment(data, model, estimators.get("exact"), eval_batch_size=7)
+    out = exp.evaluate("valid", torch.Generator().manual_seed(0))
+    assert out["neg_elbo"] > 0 and 0 <= out["accuracy"] <= 1
+
+
 def test_marginalization_equals_an_explicit_sum_over_classes():
     model, x = _model(), _x()
     eps = model.noise(x, torch.Generator().manual_seed(2))

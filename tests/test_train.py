@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Optional
 
 import pytest
@@ -18,6 +19,7 @@ from discograd.train import (
     epoch_batches,
     fit,
     load_checkpoint,
+    read_metrics,
     save_checkpoint,
     seeded,
 )
@@ -240,6 +242,45 @@ def test_nan_loss_stops_early_naming_the_step(tmp_path):
     assert last["event"] == "stopped" and last["step"] == 4
 
 
+class Diverging(Toy):
+    """The parameters turn NaN at ``nan_params_at`` (as after a step with a huge learning
+    rate): the estimator's check of its logits sees the NaN before any loss exists."""
+
+    def __init__(self, nan_params_at: int, **kw):
+        super().__init__(get("st"), **kw)
+        self.nan_params_at = nan_params_at
+
+    def loss(self, batch, step, generator):
+        if step == self.nan_params_at:
+            with torch.no_grad():
+                self.model["enc"][0].weight.fill_(float("nan"))
+        return super().loss(batch, step, generator)
+
+
+def test_diverged_parameters_stop_early_like_a_nan_loss(tmp_path):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"parameters are not finite \(logits contains "
+        r"NaN\) at step 6: stopping early .* lower learning rate",
+    ):
+        fit(Diverging(nan_params_at=5), config(tmp_path))
+    last = rows(tmp_path)[-1]
+    assert last["event"] == "stopped" and last["step"] == 6
+    # With finite parameters the same ValueError is a real error (bad input), raised as it is.
+    exp = BadLogits(get("st"))
+    with pytest.raises(ValueError, match="logits contains NaN") as caught:
+        fit(exp, config(tmp_path / "input"))
+    assert not isinstance(caught.value, NonFiniteLossError)
+
+
+class BadLogits(Toy):
+    """Finite parameters, NaN logits (as from a NaN in the data)."""
+
+    def loss(self, batch, step, generator):
+        logits = torch.full((batch.shape[0], 3, 4), float("nan"))
+        return self.estimator(lambda z: z.sum((-1, -2)), logits).mean(), {}
+
+
 def test_bad_config_is_a_value_error():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
@@ -247,6 +288,134 @@ def test_bad_config_is_a_value_error():
         TrainConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="out_dir"):
         TrainConfig(resume=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        # seed: numpy's SeedSequence raised its own errors, naming no setting, at fit().
+        ({"seed": -1}, ValueError),
+        ({"seed": 1.5}, TypeError),
+        ({"seed": "3"}, TypeError),
+        ({"seed": True}, TypeError),
+        # Wrong types gave TypeErrors from comparisons ('>' not supported ...).
+        ({"lr": "0.1"}, TypeError),
+        ({"grad_clip": None}, TypeError),
+        ({"grad_clip": -1.0}, ValueError),
+        ({"batch_size": True}, TypeError),
+        ({"steps": 2.0}, TypeError),
+        ({"eval_splits": ["valid", 3]}, TypeError),
+        ({"final_splits": None}, TypeError),
+        ({"device": "bogus"}, ValueError),
+        # cuda:N with N the number of GPUs: none on a CPU-only build (an AssertionError from
+        # torch before), past the last one otherwise.
+        ({"device": f"cuda:{torch.cuda.device_count()}"}, ValueError),
+    ],
+)
+def test_bad_config_fields_are_named(kwargs, error):
+    (name,) = kwargs
+    with pytest.raises(error, match=name):
+        TrainConfig(**kwargs)
+
+
+def test_a_split_name_is_one_split_not_its_letters(tmp_path):
+    cfg = TrainConfig(eval_splits="valid", final_splits="test")
+    assert cfg.eval_splits == ("valid",) and cfg.final_splits == ("test",)
+    assert TrainConfig(eval_splits=["valid", "test"]).eval_splits == ("valid", "test")
+    assert TrainConfig(eval_splits=()).eval_splits == ()
+
+    class Splits(Toy):
+        def evaluate(self, split, generator):
+            seen.append(split)
+            return super().evaluate(split, generator)
+
+    seen: list = []
+    cfg = config(tmp_path, steps=2, eval_every=1, eval_splits="valid", final_splits="test")
+    result = fit(Splits(get("st")), cfg)
+    assert seen == ["valid", "test"] and set(result.final) == {"test"}
+
+
+class GlobalEvalToy(Toy):
+    """A Toy whose evaluation draws from torch's global generator (as a model sampling with
+    torch.rand would); its training draws from it too (dropout)."""
+
+    def evaluate(self, split, generator):
+        torch.rand(5)
+        return super().evaluate(split, generator)
+
+
+def test_an_evaluation_drawing_from_the_global_generator_does_not_move_training(tmp_path):
+    # eval_every may change on resume (_RESUMABLE): it must not change the trajectory.
+    a, b = GlobalEvalToy(get("st")), GlobalEvalToy(get("st"))
+    fit(a, config(tmp_path / "a", eval_every=0))
+    fit(b, config(tmp_path / "b", eval_every=1))
+    assert all(torch.equal(v, params(b)[k]) for k, v in params(a).items())
+
+    def train(path):
+        return [r for r in rows(path) if r["split"] == "train"]
+
+    assert train(tmp_path / "a") == train(tmp_path / "b")
+
+
+def test_metrics_file_is_strict_json_with_non_finite_numbers_as_strings(tmp_path):
+    class NonFinite(Toy):
+        def loss(self, batch, step, generator):
+            value, metrics = super().loss(batch, step, generator)
+            vec = torch.tensor([1.0, float("nan")])
+            return value, {**metrics, "kl": torch.tensor(float("inf")), "gap": -math.inf, "v": vec}
+
+        def evaluate(self, split, generator):
+            return {"nll": float("nan"), "value": 1.5}
+
+    fit(NonFinite(get("st")), config(tmp_path, steps=4, eval_every=2, ckpt_every=2))
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    table = [json.loads(line, parse_constant=refuse) for line in lines]  # Infinity, NaN: no
+    train = [r for r in table if r["split"] == "train"]
+    evals = [r for r in table if r["split"] != "train"]
+    assert len(train) == 2 and all(r["kl"] == "inf" and r["gap"] == "-inf" for r in train)
+    assert all(r["v"] == [1.0, "nan"] for r in train)
+    assert evals and all(r["nll"] == "nan" and r["value"] == 1.5 for r in evals)
+    assert math.isnan(float(evals[0]["nll"])) and float(train[0]["kl"]) == math.inf
+    # read_metrics gives the floats back.
+    back = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["split"] for r in back] == [r["split"] for r in table]
+    for r in (r for r in back if r["split"] == "train"):
+        assert r["kl"] == math.inf and r["gap"] == -math.inf
+        assert r["v"][0] == 1.0 and math.isnan(r["v"][1])
+    assert all(math.isnan(r["nll"]) and r["value"] == 1.5 for r in back if "nll" in r)
+    # Resuming reads the file back: the rows up to the checkpoint are kept as they were.
+    fit(NonFinite(get("st")), config(tmp_path, steps=6, eval_every=2, ckpt_every=2, resume=True))
+    again = [json.loads(line, parse_constant=refuse) for line in
+             (tmp_path / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    kept = [r for r in table if not r.get("final")]
+    assert again[: len(kept)] == kept and again[-1]["step"] == 6
+
+
+class VectorToy(Toy):
+    """Logs a vector metric (a per-latent term) and a number, both depending on the step."""
+
+    def loss(self, batch, step, generator):
+        value, metrics = super().loss(batch, step, generator)
+        return value, {**metrics, "per_latent": torch.tensor([1.0, 2.0]) * step, "count": step}
+
+
+def test_a_vector_metric_is_logged_as_its_latest_value(tmp_path):
+    # It crashed training after the first optimizer step (float + list in the running sum).
+    fit(VectorToy(get("st")), config(tmp_path / "full", steps=6, log_every=2, ckpt_every=3))
+    train = [r for r in rows(tmp_path / "full") if r["split"] == "train"]
+    assert [r["per_latent"] for r in train] == [[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]]
+    assert [r["count"] for r in train] == [0.5, 2.5, 4.5]  # numbers: the mean over the steps
+    # The running values go into the checkpoint (step 3, mid-row) and resume exactly.
+    with pytest.raises(Crash):
+        fit(VectorToy(get("st"), crash_at=4), config(tmp_path / "cut", steps=6, log_every=2,
+                                                     ckpt_every=3))  # fmt: skip
+    fit(VectorToy(get("st")), config(tmp_path / "cut", steps=6, log_every=2, ckpt_every=3,
+                                     resume=True))  # fmt: skip
+    assert rows(tmp_path / "full") == rows(tmp_path / "cut")
 
 
 class ModeToy(Toy):

@@ -107,6 +107,35 @@ def test_bad_arguments():
         DiscreteVAE(4, 2, 3).neg_iw_bound(torch.zeros(1, 4), 0)
 
 
+@pytest.mark.parametrize("latent", LATENTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_sample_prior_in_the_models_dtype(latent, dtype):
+    # The prior's zero logits were float32 whatever the model: a float64 or bfloat16 decoder
+    # refused them (mat1 and mat2 must have the same dtype).
+    model = DiscreteVAE(10, 3, 4, hidden=(8,), latent=latent).to(dtype)
+    pixels = model.sample_prior(5, torch.Generator().manual_seed(0))
+    assert pixels.shape == (5, 10) and pixels.dtype == dtype
+    assert bool(((pixels >= 0) & (pixels <= 1)).all())
+
+
+@pytest.mark.parametrize(
+    "size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_vae_experiment_checks_eval_batch_size(size, error):
+    # 0 failed at the first evaluation (range() arg 3 must not be zero); -1 evaluated no
+    # example and reported 0.0 for every metric.
+    from discograd.data import load_digits
+    from discograd.models import VAEExperiment
+
+    data = load_digits()
+    model = DiscreteVAE(data.dim, 2, 3, hidden=(4,))
+    with pytest.raises(error, match="eval_batch_size"):
+        VAEExperiment(data, model, get("st"), eval_batch_size=size)
+    exp = VAEExperiment(data, model, get("st"), eval_batch_size=7, iw_samples=2)
+    out = exp.evaluate("valid", torch.Generator().manual_seed(0))
+    assert out["neg_elbo"] > 0 and out["neg_iw"] > 0
+
+
 # -- exact values ------------------------------------------------------------------------------
 
 

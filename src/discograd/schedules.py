@@ -26,7 +26,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from discograd._validation import check_tau
+from discograd._validation import check_positive_int, check_tau
 
 __all__ = [
     "Constant",
@@ -64,18 +64,23 @@ class ExponentialDecay:
     ) -> None:
         check_tau(tau0, name="tau0")
         check_tau(tau_min, name="tau_min")
-        if rate < 0 or rate != rate:
-            raise ValueError(f"rate must be >= 0, got {rate}")
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise TypeError(f"rate must be a number, got {rate!r}")
+        # Finite: the tensor path computes exp(-rate * t) with t = 0 first, and inf * 0 is NaN.
+        if not (rate >= 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be finite and >= 0, got {rate}")
+        # An int: a float (2.5) or a bool would make the update steps N * floor(t / N) odd.
+        check_positive_int(every, name="every")
         self.tau0, self.rate, self.tau_min, self.every = float(tau0), float(rate), tau_min, every
 
     tensor_step = True  # takes the counter tensor itself (see at_step)
 
     def __call__(self, step: Union[int, Tensor]) -> Union[float, Tensor]:
-        if isinstance(step, Tensor):  # the counter buffer: a float64 0-d tensor
+        if isinstance(step, Tensor):  # the counter buffer: a float64 0-d tensor, never < 0
             t = (step // self.every * self.every).double()
             return (self.tau0 * torch.exp(-self.rate * t)).clamp_min(self.tau_min)
+        if step < 0:  # would give a temperature above tau0: a caller's off-by-one, say so
+            raise ValueError(f"step must be >= 0, got {step}")
         t_int = (step // self.every) * self.every
         return max(self.tau_min, self.tau0 * math.exp(-self.rate * t_int))
 
@@ -96,6 +101,15 @@ class LearnedTemperature(nn.Module):
         check_tau(init, name="init")
         if tau_min < 0 or tau_min >= init:
             raise ValueError(f"tau_min must be in [0, init), got {tau_min}")
+        # exp(s) must be a normal float32: a smaller one rounds to 0 (tau = 0 when tau_min = 0)
+        # or to a subnormal, and its gradient d tau / d s = exp(s) vanishes with it.
+        tiny = torch.finfo(torch.float32).tiny
+        if init - tau_min < tiny:
+            raise ValueError(
+                f"init must exceed tau_min by at least {tiny:.4g} (float32's smallest normal "
+                f"number) for a positive, trainable float32 temperature; got init={init!r}, "
+                f"tau_min={tau_min!r}"
+            )
         self.tau_min = float(tau_min)
         self.log_excess = nn.Parameter(torch.tensor(math.log(init - tau_min)))
 

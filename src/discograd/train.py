@@ -12,16 +12,21 @@ Randomness. Everything random draws from generators derived from ``TrainConfig.s
 - ``eval``: re-seeded identically at every evaluation, so evaluating never moves the training
   streams and successive evaluations use common random numbers;
 - torch's global generator (dropout, ...), forked for the duration of :func:`fit` and seeded, so
-  the caller's global stream is left as it was.
+  the caller's global stream is left as it was; forked again around each evaluation, so that
+  an evaluation drawing from it leaves training's stream as it was (``eval_every`` does not
+  change the trajectory).
 
 Files in ``out_dir``: ``config.json`` (the run's configuration), ``metrics.jsonl`` (one JSON
 object a line: training rows every ``log_every`` steps with the loss terms averaged over those
-steps, evaluation rows with a ``"split"`` key, and the final evaluation with ``"final": true``)
-and ``checkpoint.pt``, written atomically (temporary file, fsync, ``os.replace``) every
-``ckpt_every`` steps and at the end. A checkpoint holds the model, the optimizer, the estimator
-(baselines, control variates, temperature step counters), the state of every generator and the
-position in the data, so that ``resume=True`` continues the run exactly: on CPU, an interrupted
-and resumed run ends with the same parameters, bit for bit, as an uninterrupted one.
+steps (a vector metric: its latest value), evaluation rows with a ``"split"`` key, and the
+final evaluation with ``"final": true``; strict JSON, a non-finite number is written as the
+string ``"nan"``, ``"inf"`` or ``"-inf"``, which :func:`read_metrics` reads back) and
+``checkpoint.pt``, written atomically (temporary file, fsync, ``os.replace``) every
+``ckpt_every`` steps and at the end. A checkpoint holds the model, the optimizer, the
+estimator (baselines, control variates, temperature step counters), the state of every
+generator and the position in the data, so that ``resume=True`` continues the run exactly: on
+CPU, an interrupted and resumed run ends with the same parameters, bit for bit, as an
+uninterrupted one.
 
 Several processes. Started by torchrun (``WORLD_SIZE`` > 1 in the environment) or inside a
 process group the caller initialised, :func:`fit` trains with DistributedDataParallel:
@@ -72,6 +77,7 @@ from torch import Tensor, nn
 
 from discograd import distributed
 from discograd._fs import fsync_dir
+from discograd.diagnostics import _json_number
 from discograd.distributed import Context
 
 __all__ = [
@@ -85,6 +91,7 @@ __all__ = [
     "epoch_batches",
     "fit",
     "load_checkpoint",
+    "read_metrics",
     "save_checkpoint",
     "seeded",
 ]
@@ -105,7 +112,21 @@ class ConfigError(ValueError):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training stopped early because the loss became NaN or infinite."""
+    """Training stopped early because the loss, or the parameters, became NaN or infinite."""
+
+
+def _stop_early(
+    what: str, step: int, ckpt_path: Optional[Path], now: float, log: Any, bar: Any
+) -> NonFiniteLossError:
+    """Log the early stop at step + 1 (``what`` went non-finite) and return the error to raise."""
+    msg = (
+        f"{what} at step {step + 1}: stopping early (parameters are those after step {step}"
+        + (f"; last checkpoint in {ckpt_path}" if ckpt_path else "")
+        + "); a lower learning rate or gradient clipping may help"
+    )
+    log.write({"step": step + 1, "time": _round(now), "event": "stopped", "reason": msg})
+    bar.close()
+    return NonFiniteLossError(msg)
 
 
 @dataclass
@@ -115,7 +136,9 @@ class TrainConfig:
     ``eval_every`` / ``ckpt_every`` / ``log_every`` of 0 mean: only at the end. ``batch_size``
     is the global batch, shared among the processes of a multi-process run. ``precision``:
     ``"fp32"``, or ``"bf16"`` / ``"fp16"`` for mixed precision (torch.autocast; fp16 with a
-    GradScaler). ``compile``: torch.compile the training step.
+    GradScaler). ``compile``: torch.compile the training step. ``eval_splits`` /
+    ``final_splits``: the splits evaluated periodically / at the end (a str names one split).
+    ``seed``: an integer >= 0; ``device``: a torch device this machine has.
     """
 
     steps: int = 2000
@@ -136,24 +159,72 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "ckpt_every", "log_every"):
+        # Each check names the field: a wrong type would otherwise surface as a TypeError from
+        # a comparison (or numpy's seeding) far from the setting that caused it.
+        for name in ("steps", "eval_every", "ckpt_every", "log_every", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("batch_size", self.batch_size, 1)
+        for name, low in (("lr", None), ("grad_clip", 0.0)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be finite and > 0, got {self.lr!r}")
-        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
-            raise ValueError(f"grad_clip must be finite and >= 0, got {self.grad_clip!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or (value <= 0 if low is None else value < low):
+                rule = "> 0" if low is None else f">= {low:g}"
+                raise ValueError(f"{name} must be finite and {rule}, got {value!r}")
         if self.resume and not self.out_dir:
             raise ValueError("resume=True needs out_dir (where the checkpoint is)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
-        self.eval_splits = tuple(self.eval_splits)
-        self.final_splits = tuple(self.final_splits)
+        self.eval_splits = _splits("eval_splits", self.eval_splits)
+        self.final_splits = _splits("final_splits", self.final_splits)
+        _check_device(self.device)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _splits(name: str, value: Any) -> Tuple[str, ...]:
+    """A split name or a sequence of them, as a tuple (a str is ONE split, not its letters)."""
+    try:
+        splits = (value,) if isinstance(value, str) else tuple(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a split name or a sequence of them, got {value!r}"
+        ) from None
+    bad = [s for s in splits if not isinstance(s, str)]
+    if bad:
+        raise TypeError(f"{name} must be split names (str), got {bad[0]!r} in {value!r}")
+    return splits
+
+
+def _check_device(device: Any) -> None:
+    """ValueError naming ``device`` for a malformed device or one this torch cannot use (cuda
+    without a GPU fails later with torch's AssertionError "Torch not compiled with CUDA")."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device {device!r} is not a torch device (e.g. cpu, cuda:0): {exc}"
+        ) from None
+    if dev.type == "cpu":
+        return
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise ValueError(
+            f"device {device!r}: no {dev.type} device is available to this torch "
+            f"({torch.__version__}); use device='cpu'"
+        )
+    count = getattr(backend, "device_count", None)
+    present = count() if callable(count) else None
+    if dev.index is not None and isinstance(present, int) and dev.index >= present:
+        raise ValueError(f"device {device!r}: this machine has {present} {dev.type} device(s)")
 
 
 class Experiment(Protocol):
@@ -185,7 +256,9 @@ class Experiment(Protocol):
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterable[Any]: ...
 
-    # Mapping (covariant): the logged values may be floats or 0-d tensors (see _number).
+    # Mapping (covariant): the logged values may be numbers or tensors (see _number). Numbers
+    # and one-element tensors are averaged over the steps between two rows; a larger tensor
+    # is logged as a list, the latest step's (see _accumulate).
     def loss(
         self, batch: Any, step: int, generator: torch.Generator
     ) -> Tuple[Tensor, Mapping[str, Any]]: ...
@@ -283,6 +356,32 @@ def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
 
 
 _CHECKPOINT_KEYS = ("format", "step", "model", "estimator", "optimizer", "rng", "data", "config")
+
+
+def read_metrics(path: os.PathLike) -> List[Dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` written by :func:`fit`, with the numbers it wrote as
+    strings (``"nan"``, ``"inf"``, ``"-inf"``: strict JSON has no token for them) read back as
+    floats, in lists too. Lines that do not parse (a torn last line) are skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append({k: _from_json_number(v) for k, v in row.items()})
+    return rows
+
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _from_json_number(value: Any) -> Any:
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, list):
+        return [_from_json_number(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +496,7 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
     shard_batch = getattr(experiment, "shard_batch", distributed.shard)
 
     eval_seconds = 0.0
+    devices = [device] if device.type == "cuda" else []  # the generators fork_rng saves
 
     def evaluate(splits: Iterable[str], final: bool = False) -> Dict[str, Dict[str, float]]:
         nonlocal eval_seconds
@@ -404,7 +504,10 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
         if main:
             model.eval()
             estimator.eval()
-            with torch.no_grad():
+            # Forked: an evaluation that draws from the global generator (its own sampling,
+            # a model's) must not move training's stream, which eval_every would then steer
+            # (eval_every may change on resume). Saving and restoring it: ~4 us on CPU.
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 for split in splits:
                     gen = torch.Generator(device).manual_seed(eval_seed)
                     started = time.perf_counter()
@@ -440,7 +543,6 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
         }
         save_checkpoint(state, ckpt_path)
 
-    devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         # Only the generators fork_rng restores (torch.manual_seed would reseed every GPU).
         torch.default_generator.manual_seed(global_seed)
@@ -469,20 +571,21 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
             # The global batch, identical on every rank; this rank's share and its weight.
             batch, weight = shard_batch(data.next(), ctx.rank, ctx.world_size)
             batch = _to_device(batch, device)
-            with amp.autocast():
-                loss, metrics = step_fn(batch, step, noise_gen)
+            try:
+                with amp.autocast():
+                    loss, metrics = step_fn(batch, step, noise_gen)
+            except ValueError as exc:
+                # A diverged model's NaN reaches an input check (the estimator's logits) before
+                # the loss: that is the same early stop. Valid parameters: a real error.
+                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise
+                what = f"the parameters are not finite ({exc})"
+                raise _stop_early(what, step, ckpt_path, clock(), log, bar) from None
             metrics = {"loss": loss.detach(), **metrics}
             finite, metrics = _reduce_metrics(loss, metrics, weight, ctx, device)
             if not finite:
-                msg = (
-                    f"loss is {metrics['loss']} at step {step + 1}: stopping early "
-                    f"(parameters are those after step {step}"
-                    + (f"; last checkpoint in {ckpt_path})" if ckpt_path else ")")
-                )
-                stop_row = {"step": step + 1, "time": _round(clock()), "event": "stopped"}
-                log.write({**stop_row, "reason": msg})
-                bar.close()
-                raise NonFiniteLossError(msg)
+                what = f"loss is {metrics['loss']}"
+                raise _stop_early(what, step, ckpt_path, clock(), log, bar)
             logging = (cfg.log_every and (step + 1) % cfg.log_every == 0) or step + 1 == cfg.steps
             if logging:
                 info = _estimator_info(estimator)  # the temperature this step used
@@ -499,14 +602,12 @@ def _fit(experiment: Experiment, cfg: TrainConfig, ctx: Context, device: torch.d
             step += 1
 
             # Log the loss terms averaged over the steps since the last row.
-            for key, value in metrics.items():
-                acc[key] = acc.get(key, 0.0) + value
-            acc["_n"] = acc.get("_n", 0) + 1
+            _accumulate(acc, metrics)
             bar.update(1)
             if logging:
                 n = acc.pop("_n")
                 row = {"step": step, "time": _round(clock()), "split": "train"}
-                row.update({k: v / n for k, v in acc.items()})
+                row.update({k: _mean(v, n) for k, v in acc.items()})
                 row.update(info)
                 row.update(amp.info())
                 log.write(row)
@@ -709,7 +810,8 @@ _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _read_metrics(loss: Tensor, metrics: Mapping[str, Any]) -> Tuple[bool, Dict[str, Any]]:
-    """(whether ``loss`` is finite, ``metrics`` as Python numbers, as :func:`_number` gives them).
+    """(whether ``loss`` is finite, ``metrics`` as Python values, as :func:`_number` gives them:
+    a number for a one-element tensor, a (nested) list for a larger one).
 
     On a GPU every ``.item()`` waits for the device: the loss and the one-element
     floating-point metrics on its device are stacked and copied to the host in ONE transfer.
@@ -794,7 +896,8 @@ class _DataStream:
 
 
 class _MetricsLog:
-    """metrics.jsonl, one JSON object a line, flushed at every row.
+    """metrics.jsonl, one JSON object a line, flushed at every row. The lines are strict JSON:
+    a non-finite number is written as the string ``"nan"``, ``"inf"`` or ``"-inf"``.
 
     On resume it keeps the rows up to the checkpoint's step (dropping later rows, a torn last
     line, and a finished run's final evaluation), so the file reads as one uninterrupted run.
@@ -818,8 +921,12 @@ class _MetricsLog:
     def write(self, row: Dict[str, Any]) -> None:
         if self.path is None:
             return
+        # Strict JSON: NaN and infinities become the strings "nan", "inf", "-inf" (as in
+        # diagnostics' JSON; read_metrics reads them back); json.dumps would write NaN and
+        # Infinity, which strict parsers (JavaScript's JSON.parse, jq) refuse.
+        line = json.dumps(_json_number(row), allow_nan=False)
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(line + "\n")
 
 
 def _progress(cfg: TrainConfig, initial: int, main: bool = True):
@@ -899,6 +1006,28 @@ def _estimator_info(estimator: nn.Module) -> Dict[str, Any]:
     if callable(temperature):
         info["temperature"] = _number(temperature())
     return info
+
+
+def _summable(value: Any) -> bool:
+    return isinstance(value, (int, float))  # bool too: its mean is a fraction
+
+
+def _accumulate(acc: Dict[str, Any], metrics: Mapping[str, Any]) -> None:
+    """Add a step's metrics to ``acc``: numbers are summed (the row logs their mean over the
+    steps since the last row); anything else (a vector's list) is not summable and is kept as
+    the latest step's value, wrapped as ``{"last": value}`` for :func:`_mean`. Plain Python
+    values only: ``acc`` goes into the checkpoint, which loads with weights_only=True."""
+    for key, value in metrics.items():
+        old = acc.get(key)
+        if _summable(value) and (old is None or _summable(old)):
+            acc[key] = (old or 0.0) + value
+        else:
+            acc[key] = {"last": value}
+    acc["_n"] = acc.get("_n", 0) + 1
+
+
+def _mean(value: Any, n: int) -> Any:
+    return value["last"] if isinstance(value, dict) else value / n
 
 
 def _number(value: Any) -> Any:

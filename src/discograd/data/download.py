@@ -54,10 +54,22 @@ class _Interrupted(Exception):
     """A transfer that stopped early; the ``.part`` keeps what arrived."""
 
 
+# Why urllib's file:// handler fails for a missing or unreadable local file: retrying the same
+# path cannot help (a network failure's reason is another OSError, or a socket error).
+_LOCAL_FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def _transient(exc: BaseException) -> bool:
-    """Whether retrying the same URL may help (not for 404, 403 and other client errors)."""
+    """Whether retrying the same URL may help: not for 404, 403 and other client errors, a
+    local file that is not there (file://) or a URL scheme urllib does not know."""
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code in (408, 429)
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, _LOCAL_FILE_ERRORS):
+            return False
+        if isinstance(reason, str) and reason.startswith("unknown url type"):
+            return False
     return True
 
 

@@ -1,8 +1,9 @@
 """A local ``.npz`` of images as a data set (``load("mnist-npz:PATH")``).
 
 The file holds an array ``images`` (n, rows, cols), uint8 grey levels 0-255 or floats in
-[0, 1], and optionally ``labels`` (n,). Such files are often sorted by class (the shared
-``mnist-10k.npz`` is), so the images are shuffled with a seed before the split.
+[0, 1], and optionally ``labels`` (n,) of an integer dtype. Such files are often sorted by
+class (the shared ``mnist-10k.npz`` is), so the images are shuffled with a seed before the
+split.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def load_npz(
     images are shuffled with ``seed`` (files such as the shared ``mnist-10k.npz`` are sorted
     by class) and split: the first ``round(valid_fraction * n)`` validation, the next
     ``round(test_fraction * n)`` test, the rest train; 10,000 images give 8,000 / 1,000 /
-    1,000. Missing labels become -1.
+    1,000. ``labels`` must have an integer dtype; missing labels become -1. A malformed file
+    raises :class:`~discograd.data.errors.DataError` naming it.
     """
     path = Path(path).expanduser()
     if not (0 < valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 1):
@@ -38,7 +40,15 @@ def load_npz(
     if not path.is_file():
         raise DataNotFoundError(path, "no such .npz file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        # np.load reads a .npy (whatever the file's name) as one bare array, not an archive.
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(
+                path,
+                f"is a single .npy array {archive.shape} (np.save), not an .npz archive of "
+                f"named arrays: write it with np.savez(path, images=..., labels=...)",
+            )
+        with archive:
             if "images" not in archive.files:
                 raise DataError(path, f"has no array 'images' (arrays: {archive.files})")
             images = archive["images"]
@@ -53,6 +63,10 @@ def load_npz(
         labels = np.full(len(images), -1, dtype=np.int64)
     elif labels.shape != (len(images),):
         raise DataError(path, f"'labels' must be ({len(images)},), got {labels.shape}")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        # Integer dtypes only (as the shipped files' uint8): a cast would truncate 20.5 to 20
+        # silently, and strings would fail with a bare ValueError naming no file.
+        raise DataError(path, f"'labels' must have an integer dtype, got {labels.dtype}")
     if images.dtype == np.uint8:
         x = torch.from_numpy(images.reshape(len(images), -1)).to(torch.float32).div_(255.0)
     elif np.issubdtype(images.dtype, np.floating) or images.dtype == np.bool_:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discograd import distributed
+from discograd._validation import check_positive_int
 from discograd.data.binarize import StaticSplits
 from discograd.models.vae import mlp, output_layer
 
@@ -236,6 +237,8 @@ class SemiSupervisedExperiment(StaticSplits):
             raise ValueError(f"data has {data.train.shape[-1]} pixels, model x_dim {model.x_dim}")
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
+        # Here, not at the first evaluation (0: range step 0; negative: no example, zeros).
+        check_positive_int(eval_batch_size, name="eval_batch_size")
         self.data, self.model, self.estimator = data, model, estimator
         self.alpha, self.label_seed, self.binarize_seed = alpha, label_seed, binarize_seed
         self.eval_batch_size = eval_batch_size

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd._validation import check_positive_int
 from discograd.data.binarize import StaticSplits
 from discograd.train import epoch_batches
 
@@ -367,6 +368,8 @@ class SBNExperiment(StaticSplits):
             raise ValueError(f"binarization must be 'static' or 'dynamic', got {binarization!r}")
         if eval_samples < 1:
             raise ValueError(f"eval_samples must be >= 1, got {eval_samples}")
+        # Here, not at the first evaluation (0: range step 0; negative: no example, zeros).
+        check_positive_int(eval_batch_size, name="eval_batch_size")
         self.data, self.model, self.estimator = data, model, estimator
         self.eval_samples, self.eval_batch_size = eval_samples, eval_batch_size
         self.binarization, self.binarize_seed = binarization, binarize_seed

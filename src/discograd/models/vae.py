@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd._validation import check_positive_int
 from discograd.data.binarize import StaticSplits
 from discograd.estimators._family import Family, make_family
 from discograd.train import epoch_batches
@@ -211,9 +212,12 @@ class DiscreteVAE(nn.Module):
 
     def sample_prior(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Pixel probabilities (n, D) of the decoder at n draws from the uniform prior."""
-        device = output_layer(self.decoder).weight.device
+        # The decoder's dtype as well as its device: float32 zeros would not multiply a
+        # float64 or bfloat16 decoder's weights.
+        weight = output_layer(self.decoder).weight
         shape = (n, self.n_latent) + ((self.n_classes,) if self._cat else ())
-        z = self.family(torch.zeros(shape, device=device)).sample(1, generator)[0]
+        logits = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        z = self.family(logits).sample(1, generator)[0]
         return torch.sigmoid(self.decode(z))
 
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -265,6 +269,9 @@ class VAEExperiment(StaticSplits):
             )
         if iw_samples < 0 or elbo_samples < 1:
             raise ValueError("iw_samples must be >= 0 and elbo_samples >= 1")
+        # Checked here, not at the first evaluation: 0 would fail there (range step 0) and a
+        # negative size would evaluate no example and report zeros.
+        check_positive_int(eval_batch_size, name="eval_batch_size")
         self.data, self.model, self.estimator = data, model, estimator
         self.iw_samples, self.elbo_samples = iw_samples, elbo_samples
         self.eval_batch_size, self.binarize_seed = eval_batch_size, binarize_seed
