@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ops.py"
+from tests.scripts import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def ops():
-    spec = importlib.util.spec_from_file_location("bench_ops", PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ops"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["bench_ops"]
+    with benchmark_script("ops") as module:
+        yield module
 
 
 def _raises(x: torch.Tensor, grad: torch.Tensor) -> None:
@@ -65,9 +58,6 @@ def test_a_failing_contender_of_our_own_is_an_error(ops):
         ops.bench_shape((8, 10), torch.float32, 1, {**ops.CONTENDERS, "torch": _raises})
 
 
-SASS = Path(__file__).resolve().parents[1] / "benchmarks" / "sass_count.py"
-
-
 @pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="Triton is not installed (optional)"
 )
@@ -75,12 +65,9 @@ def test_sass_count_compiles_the_forward_as_a_launch_would(monkeypatch):
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, stated (no warning)
     # benchmarks/sass_count.py compiles for sm_90 with no GPU; the launch-like specialization
     # (aligned pointers, sizes divisible by 16) is what lets the loads be 16 bytes wide.
-    spec = importlib.util.spec_from_file_location("sass_count", SASS)
-    assert spec is not None and spec.loader is not None
-    sass = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sass)
-    sass.OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
-    ops, per_thread = sass.forward_case(sass.load_module(None), "float32", 32768, False, 90)
+    with benchmark_script("sass_count") as sass:
+        sass.OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+        ops, per_thread = sass.forward_case(sass.load_module(None), "float32", 32768, False, 90)
     assert per_thread == 32
     assert "LDG.E.128" in ops and "STG.E.128" in ops
     assert 40 < len(ops) / per_thread < 200  # about 80 an element

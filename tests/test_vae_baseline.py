@@ -5,9 +5,7 @@ the timing harness runs end to end."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,15 @@ import torch
 from discograd import estimators
 from discograd.models import DiscreteVAE
 from discograd.train import seeded
+from tests.scripts import benchmark_script
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "vae_baseline.py"
 
 
 @pytest.fixture(scope="module")
 def vb():
-    spec = importlib.util.spec_from_file_location("vae_baseline", PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vae_baseline"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["vae_baseline"]
+    with benchmark_script("vae_baseline") as module:
+        yield module
 
 
 def test_the_plain_part_does_not_import_discograd():
