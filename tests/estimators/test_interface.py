@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -34,11 +36,46 @@ def test_every_registered_estimator_documents_itself():
         assert cls.distributions, name
 
 
+def _documented_evaluations(text: str, s: int, k: int, n: int) -> int:
+    """The leading expression of an ``evaluations`` string ("3S (...)", "S + 1", "K^N (...)")
+    at S = s, K = k classes, N = n rows."""
+    head = text.split(" (")[0]
+    if head == "K^N":
+        return k**n
+    terms = head.split(" + ")
+    return sum(int(t[:-1] or 1) * s if t.endswith("S") else int(t) for t in terms)
+
+
+def test_the_documented_cost_is_the_counted_cost():
+    # Samples f is evaluated at per call, counted, against each class's `evaluations` (its
+    # first form: categorical rows, default options), at S = 3 where n_samples exists.
+    logits = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for name in estimators.available():
+        cls = type(estimators.get(name))
+        if "categorical" not in cls.distributions:
+            continue
+        takes_s = "n_samples" in inspect.signature(cls.__init__).parameters
+        est = estimators.get(name, n_samples=3) if takes_s else estimators.get(name)
+        counted: list = []
+
+        def f(z, counted=counted):
+            counted.append(z.shape[0])
+            return (z * torch.arange(3.0)).sum((-1, -2))
+
+        est(f, logits, generator=torch.Generator().manual_seed(1)).mean().backward()
+        want = _documented_evaluations(cls.evaluations, 3 if takes_s else 1, 3, 2)
+        if name == "exact":
+            want += 1  # the probe at the mode, documented in the parenthesis
+        assert sum(counted) == want, (name, cls.evaluations, counted)
+
+
 def test_get_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown estimator 'nope'"):
         estimators.get("nope")
     with pytest.raises(ValueError, match="no option 'tauu'"):
         estimators.get("gumbel-softmax", tauu=1.0)
+    with pytest.raises(ValueError, match="no option 'self'"):  # was a TypeError from Python
+        estimators.get("gumbel-softmax", self=1.0)
     with pytest.raises(ValueError, match="tau"):
         estimators.get("gumbel-softmax", tau=0.0)
     with pytest.raises(ValueError, match="n_samples"):

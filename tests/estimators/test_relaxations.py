@@ -484,7 +484,7 @@ def test_options_metadata_and_bad_arguments():
     assert isinstance(estimators.get("reinmax", tau=2.0), ReinMax)
     for name in ["gumbel-rao", "reinmax"]:
         cls = type(estimators.get(name))
-        assert cls.unbiased is False and cls.evaluations == "1"
+        assert cls.unbiased is False and cls.evaluations == "S"
         assert cls.distributions == ("categorical", "bernoulli")
         with pytest.raises(ValueError, match="tau"):
             estimators.get(name, tau=0.0)

@@ -68,7 +68,7 @@ def get(name: Union[str, Estimator], **options) -> Estimator:
     cls = estimator_class(name)
     key = cls.name
     params = inspect.signature(cls.__init__).parameters
-    unknown = [k for k in options if k not in params]
+    unknown = [k for k in options if k not in params or k == "self"]
     if unknown:
         valid = [p for p in params if p != "self"]
         raise ValueError(
@@ -139,8 +139,8 @@ class Estimator(StepCounter):
     """Base class: subclasses implement :meth:`estimate`.
 
     Class attributes document the estimator and are checked by the tests: ``distributions``
-    (which inputs it accepts), ``unbiased``, ``evaluations`` (evaluations of f per call, for
-    n_samples = 1) and ``compilable`` (False for the estimators that take derivatives inside a
+    (which inputs it accepts), ``unbiased``, ``evaluations`` (evaluations of f per call; S is
+    ``n_samples``) and ``compilable`` (False for the estimators that take derivatives inside a
     call with ``torch.autograd.grad`` and keep the graph, which torch.compile's compiled
     backward does not support; ``TrainConfig(compile=True)`` refuses them). The step counter
     (``num_steps``, :meth:`step`) comes from :class:`StepCounter`.

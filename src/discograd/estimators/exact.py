@@ -5,8 +5,9 @@ r"""Exact enumeration: the reference every other estimator is tested against.
 
 over every joint configuration c of the rows under one output entry of f (K^N for N
 categorical rows of K classes, 2^D for D Bernoullis). Unbiased and exact, zero variance.
-Cost: K^N evaluations of f, in one call on a stack of configurations; an error above
-``max_configurations``.
+Cost: K^N evaluations of f, in one call on a stack of configurations, plus one probe call of
+f at the mode to learn which row dims its output keeps (none when ``batch_dims`` is given); an
+error above ``max_configurations``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Exact(Estimator):
     """
 
     unbiased = True
-    evaluations = "K^N"
+    evaluations = "K^N (+ 1 probe of f unless batch_dims is given)"
 
     def __init__(self, max_configurations: int = 2**16, batch_dims: Optional[int] = None) -> None:
         super().__init__()

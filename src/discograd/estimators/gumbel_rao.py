@@ -56,6 +56,7 @@ class GumbelRao(Relaxed):
     """Exact samples forward; the ST-GS gradient averaged over k conditional Gumbels backward."""
 
     unbiased = False
+    evaluations = "S"
 
     def __init__(
         self, tau: Union[float, Tensor, Schedule] = 1.0, k: int = 10, n_samples: int = 1

@@ -37,6 +37,7 @@ class GumbelSoftmax(Relaxed):
     """Relaxed samples at temperature ``tau`` (float, tensor, or schedule)."""
 
     hard = False
+    evaluations = "S"
 
     def __init__(self, tau: Union[float, Tensor, Schedule] = 1.0, n_samples: int = 1) -> None:
         super().__init__(tau)

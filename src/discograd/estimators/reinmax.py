@@ -53,6 +53,7 @@ class ReinMax(Relaxed):
     """Exact samples forward, the second-order (Heun) ReinMax gradient backward."""
 
     unbiased = False
+    evaluations = "S"
 
     def __init__(self, tau: Union[float, Tensor, Schedule] = 1.0, n_samples: int = 1) -> None:
         super().__init__(tau)

@@ -6,6 +6,9 @@ r"""The reparameterization (pathwise) estimator for continuous distributions.
 (the seeds' eq. 5). Unbiased; usually far lower variance than the score function. Cost: S
 evaluations of f and their backward. Needs a ``torch.distributions.Distribution`` with
 ``rsample``; for discrete variables use a relaxation (``gumbel-softmax``) instead.
+
+Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Rezende, Mohamed & Wierstra,
+"Stochastic Backpropagation and Approximate Inference in Deep Generative Models", ICML 2014.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ class StraightThrough(Estimator):
     """Exact samples forward, gradient through the probabilities."""
 
     unbiased = False
+    evaluations = "S"
 
     def __init__(self, n_samples: int = 1) -> None:
         super().__init__()
