@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import pkgutil
@@ -210,3 +211,113 @@ def test_strict_build_and_browser_check():
     print(f"sidebar: {', '.join(summary['home']['nav'])}")
     print(f"{summary['requests']} requests, all to the local server, none failed")
     assert summary["api"]["mathNodes"] >= docs_browser_check.MIN_API_FORMULAS
+
+
+# -- the command lines of the pages parse ---------------------------------------------------
+
+SHELL_INFOS = ("", "bash", "sh", "shell", "console", "text")
+
+
+def cli_commands(page: Path) -> List[tuple]:
+    """The ``discograd ...`` command lines in the shell blocks of a page, as (line, argv):
+    backslash continuations joined, comments and a leading ``$`` dropped; ``python -m
+    discograd`` and ``torchrun ... -m discograd`` count too."""
+    import shlex
+
+    text = page.read_text(encoding="utf-8")
+    commands = []
+    for match in FENCE.finditer(text):
+        if match.group("info").strip().lower() not in SHELL_INFOS:
+            continue
+        first = text.count("\n", 0, match.start()) + 2
+        logical, start = "", first
+        for i, raw in enumerate(match.group("body").split("\n")):
+            if not logical:
+                start = first + i
+            line = raw.rstrip()
+            if line.endswith("\\"):
+                logical += line[:-1] + " "
+                continue
+            logical += line
+            tokens = shlex.split(logical.strip().lstrip("$ "), comments=True)
+            logical = ""
+            for j, token in enumerate(tokens):
+                is_script = token == "discograd" and all("=" in t for t in tokens[:j])
+                if is_script or (token == "discograd" and j and tokens[j - 1] == "-m"):
+                    commands.append((start, tokens[j + 1 :]))
+                    break
+    return commands
+
+
+def check_command(argv: List[str]) -> None:
+    """``argv`` parses with ``discograd``'s parser and names only registered estimators and
+    built-in problems (AssertionError saying what is wrong otherwise)."""
+    import contextlib
+    import io
+
+    from discograd.cli import build_parser
+    from discograd.estimators import available
+    from discograd.problems import available_problems
+
+    def parse(words: List[str]):
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                return build_parser().parse_args(words)
+        except SystemExit:
+            raise AssertionError(f"does not parse: {err.getvalue().strip()}") from None
+
+    def names(text, known, what):
+        unknown = [n.split(":")[0] for n in text.split(",") if n.split(":")[0] not in known]
+        assert not unknown, f"unknown {what} {unknown}"
+
+    args = parse(argv)
+    estimators = available()
+    if getattr(args, "estimator", None) is not None:
+        names(args.estimator, estimators, "--estimator")
+    if args.command == "diagnose":
+        for item in args.problem or []:
+            names(item, available_problems(), "--problem")
+        if args.estimators:
+            names(args.estimators, estimators, "--estimators")
+    if args.command == "toy" and args.toy == "bitflip":
+        names(",".join(args.estimators), estimators, "--estimators")
+    if args.command == "compare":
+        from discograd.cli.compare import _add_options
+
+        inner = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        _add_options(inner)
+        own, passed = inner.parse_known_args(args.options)
+        names(own.estimators, estimators, "--estimators")
+        parse([args.experiment, *passed])  # the options compare passes on
+
+
+DOC_PAGES = doc_pages() + [README]
+
+
+@pytest.mark.parametrize("page", [p for p in DOC_PAGES if cli_commands(p)], ids=_rel)
+def test_command_lines_parse(page: Path):
+    bad = []
+    for line, argv in cli_commands(page):
+        try:
+            check_command(argv)
+        except AssertionError as exc:
+            bad.append(f"{_rel(page)}:{line}: discograd {' '.join(argv)}: {exc}")
+    assert not bad, "\n".join(bad)
+
+
+def test_command_line_check_can_fail():
+    """The checks above reject what a reader could not run: a wrong problem (the README once
+    had bitflip-0.45), an unknown estimator or option; and they find README's commands."""
+    for argv in (
+        ["diagnose", "--problem", "bitflip-0.45,categorical-10"],
+        ["vae", "--estimator", "foo"],
+        ["vae", "--no-such-option"],
+        ["toy", "bitflip", "--estimators", "rloo,foo"],
+        ["compare", "vae", "--estimators", "st,foo"],
+        ["compare", "sbn", "--steps", "x"],
+    ):
+        with pytest.raises(AssertionError):
+            check_command(argv)
+    found = [argv[:1] for _, argv in cli_commands(README)]
+    assert ["diagnose"] in found and ["toy"] in found and ["vae"] in found

@@ -96,7 +96,7 @@ def test_ternary_maps_vertices_and_centre():
 def test_bitflip_runs_and_writes(tmp_path):
     s = toys.bitflip(
         tmp_path,
-        estimator_names=("reinforce", "disarm", "no-such-estimator", "arm"),
+        estimator_names=("reinforce", "disarm", "arm"),
         steps=40,
         probe_every=20,
         probe_draws=400,
@@ -104,7 +104,7 @@ def test_bitflip_runs_and_writes(tmp_path):
         seed=0,
     )
     assert set(s["runs"]) == {"reinforce", "disarm", "arm"}
-    assert s["skipped"] == {"no-such-estimator": "not registered"}
+    assert s["skipped"] == {}
     assert (tmp_path / "bitflip.png").exists()
     exact = s["exact_gradient_at_0"]
     for name, run in s["runs"].items():
@@ -118,6 +118,12 @@ def test_bitflip_runs_and_writes(tmp_path):
         assert run["loss"][-1] == pytest.approx(float(toys.bitflip_loss(theta, 0.45)))
     # DisARM is exact at theta = 0 (the antithetic pair always differs there).
     assert s["runs"]["disarm"]["grad_variance"][0] < 1e-20
+
+
+def test_bitflip_refuses_unknown_estimators_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(toys, "_bitflip_run", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(ValueError, match="estimator_names: unknown estimator 'no-such'"):
+        toys.bitflip(tmp_path, estimator_names=("reinforce", "no-such"), steps=2)
 
 
 def test_bitflip_loss_is_the_expectation():

@@ -32,8 +32,9 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
-import json
+import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import (
     Any,
@@ -48,10 +49,13 @@ from typing import (
     TypeVar,
 )
 
+from discograd._json import dumps as json_dumps
 from discograd.distributed import is_main, launch, under_launcher
 
 __all__ = [
     "SETUP_ERRORS",
+    "HelpFormatter",
+    "add_data_options",
     "add_estimator_options",
     "add_loop_options",
     "add_output_options",
@@ -60,11 +64,14 @@ __all__ = [
     "add_training_options",
     "build_estimator",
     "check_device",
+    "check_enumeration",
     "describe_estimator",
     "int_list",
     "is_main",
     "launch_if_requested",
     "load_dataset",
+    "precheck_enumeration",
+    "prepare_out",
     "run_command",
     "speaker",
     "temperature",
@@ -79,6 +86,19 @@ T = TypeVar("T")
 
 # Errors of a command's setup that are the options' fault: reported in one line, exit status 2.
 SETUP_ERRORS: Tuple[Type[Exception], ...] = (ValueError, ImportError, TypeError, OSError)
+
+# Exit status of a run stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+INTERRUPTED = 130
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where there is none to show (``None``:
+    the option's own help says what happens without it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +132,20 @@ def add_estimator_options(
         metavar="KEY=VALUE",
         help="extra option passed to the estimator, e.g. n_samples=4 (rloo), baseline=ema "
         "(reinforce), k=10 (gumbel-rao) (repeatable; values are Python literals or strings)",
+    )
+
+
+def add_data_options(group: Any, *, help: str) -> None:
+    """``--dataset`` (``help``: the names the command takes) and ``--data-dir`` (the folder of
+    the data files, :func:`discograd.data.load`'s ``data_dir``), both passed to
+    :func:`load_dataset`."""
+    group.add_argument("--dataset", default="digits", help=help)
+    group.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder of the data files (read there, downloaded there when missing; default: "
+        "$DISCOGRAD_DATA, else ~/.cache/discograd)",
     )
 
 
@@ -284,30 +318,9 @@ def check_device(text: str) -> str:
     Returns it unchanged; ValueError naming --device for a malformed string, a device type
     without a backend here (cuda without a GPU, ...) or an index past the devices present.
     """
-    import torch
+    from discograd.train import check_device as check
 
-    try:
-        device = torch.device(text)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps): {exc}"
-        ) from None
-    if device.type == "cpu":
-        return text
-    backend = getattr(torch, device.type, None)
-    available = getattr(backend, "is_available", None)
-    if not callable(available) or not available():
-        raise ValueError(
-            f"--device {text!r}: no {device.type} device is available to this torch "
-            f"({torch.__version__}); use --device cpu"
-        )
-    count = getattr(backend, "device_count", None)
-    present = count() if callable(count) else None
-    if device.index is not None and isinstance(present, int) and device.index >= present:
-        raise ValueError(
-            f"--device {text!r}: this machine has {present} {device.type} device(s), numbered "
-            f"from 0"
-        )
+    check(text, name="--device", cpu_hint="--device cpu")
     return text
 
 
@@ -345,7 +358,13 @@ def temperature(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
     max(tau_min, tau exp(-rate t)) updated every --anneal-every steps."""
     from discograd import schedules
 
+    # Checked here, by the options' names: the schedule's own errors name its arguments.
+    _check_number("--tau", args.tau, low=0.0)
     if args.tau_schedule == "exp":
+        _check_number("--tau-min", args.tau_min, low=0.0)
+        _check_number("--anneal-rate", args.anneal_rate, low=0.0, strict=False)
+        if args.anneal_every < 1:
+            raise ValueError(f"--anneal-every must be >= 1, got {args.anneal_every}")
         schedule = schedules.ExponentialDecay(
             args.tau, args.anneal_rate, args.tau_min, args.anneal_every
         )
@@ -358,6 +377,15 @@ def temperature(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
         }
         return schedule, record
     return args.tau, {"schedule": "constant", "tau": args.tau}
+
+
+def _check_number(option: str, value: float, *, low: float, strict: bool = True) -> None:
+    """ValueError naming ``option`` unless ``value`` is finite and > ``low`` (>= if not
+    ``strict``)."""
+    ok = math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        sign = ">" if strict else ">="
+        raise ValueError(f"{option} must be finite and {sign} {low:g}, got {value}")
 
 
 def build_estimator(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
@@ -386,6 +414,47 @@ def describe_estimator(name: str, settings: Dict[str, Any]) -> str:
     return text
 
 
+def check_enumeration(estimator: Any, configurations: int, what: str) -> None:
+    """For an estimator that enumerates (``exact``, with ``max_configurations``): ValueError
+    before any work when the ``configurations`` of ``what`` (e.g. ``"--n-latent 8 latents of
+    --n-classes 8 classes"``) exceed its limit, naming the option that raises it (the
+    estimator itself would stop the run at its first step). Other estimators pass."""
+    limit = getattr(estimator, "max_configurations", None)
+    if limit is None or configurations <= limit:
+        return
+    name = getattr(estimator, "name", None) or "exact"
+    if configurations <= 2**32:
+        count = str(configurations)
+        fix = (
+            f"raise the limit with --estimator-option max_configurations={configurations} "
+            f"(time and memory grow with it), use fewer or smaller latents,"
+        )
+    else:
+        count = f"about 10^{len(str(configurations)) - 1}"
+        fix = "far too many to enumerate: use fewer or smaller latents"
+    raise ValueError(
+        f"--estimator {name} enumerates every configuration of {what}: {count}, above its "
+        f"limit max_configurations={limit}; {fix} or choose a sampling estimator"
+    )
+
+
+def precheck_enumeration(
+    command: str, args: argparse.Namespace, configurations: int, what: str
+) -> Optional[int]:
+    """:func:`check_enumeration` for a command whose setup is not in this package: with an
+    enumerating --estimator, builds it from the options and checks ``configurations``; prints
+    the error and returns 2 if it (or the estimator's options) is refused, None otherwise."""
+    if "max_configurations" not in estimator_parameters(args.estimator):
+        return None
+    try:
+        estimator, _ = build_estimator(args)
+        check_enumeration(estimator, configurations, what)
+    except (ValueError, TypeError) as exc:
+        print(f"discograd {command}: error: {exc}", file=sys.stderr)
+        return 2
+    return None
+
+
 def parse_estimator_options(items: List[str]) -> Dict[str, Any]:
     """``--estimator-option KEY=VALUE`` items as keyword arguments (Python literals or strings)."""
     options: Dict[str, Any] = {}
@@ -411,9 +480,14 @@ def estimator_parameters(name: str) -> List[str]:
     return list(inspect.signature(cls.__init__).parameters)
 
 
-def load_dataset(name: str) -> Any:
+def _squash(name: str) -> str:
+    return "".join(c for c in name.strip().lower() if c.isalnum())
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None) -> Any:
     """--dataset: 'digits' from the package itself; any other name through
-    ``discograd.data.load``."""
+    ``discograd.data.load``, its files in ``data_dir`` (--data-dir; None: the data package's
+    default folders). ValueError naming --dataset for an unknown name."""
     from discograd import data as data_module
 
     if name == "digits":
@@ -421,8 +495,15 @@ def load_dataset(name: str) -> Any:
     load = getattr(data_module, "load", None)
     if load is None:
         raise ValueError(f"unknown --dataset {name!r}; this version of discograd has: digits")
+    names = getattr(data_module, "dataset_names", lambda: ())()
+    is_npz = name.startswith(("mnist-npz:", "npz:"))
+    if names and not is_npz and _squash(name) not in {_squash(n) for n in names}:
+        raise ValueError(
+            f"unknown --dataset {name!r}; one of: {', '.join(names)}, or mnist-npz:PATH (a "
+            f".npz file of images and labels)"
+        )
     try:
-        return load(name)
+        return load(name, data_dir=data_dir) if data_dir is not None else load(name)
     except (ValueError, ImportError, TypeError, OSError):
         raise  # the data package's errors name the file already
     except Exception as exc:  # e.g. zipfile.BadZipFile from a truncated .npz
@@ -430,6 +511,44 @@ def load_dataset(name: str) -> Any:
             f"--dataset {name!r} could not be read ({type(exc).__name__}: {exc}); is the file "
             f"truncated or corrupt?"
         ) from exc
+
+
+def prepare_out(out: Any) -> List[Path]:
+    """``--out`` checked before any work: the folder is created (with its parents) and a file
+    is written in it and removed. Returns the folders it created, the outermost first (to
+    remove again if the run stops before writing anything). ValueError ``--out OUT: reason``
+    for a path under a file, a file, or a folder this process cannot create or write to."""
+    path = Path(out)
+    missing = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        where = "is a file" if parent == path else f"is under {parent}, a file"
+        raise ValueError(f"--out {out}: {where}, not a folder")
+    created: List[Path] = []
+    doing = "cannot create the folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        created = [p for p in reversed(missing) if p.is_dir()]
+        doing = "cannot write in the folder"
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".discograd-write-test-"):
+            pass
+    except OSError as exc:
+        remove_empty(created)
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"--out {out}: {doing} ({reason})") from None
+    return created
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (from :func:`prepare_out`), innermost first, where still empty."""
+    for folder in reversed(list(folders)):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): leave it and its parents
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,24 +563,36 @@ def run_command(
     *,
     errors: Tuple[Type[Exception], ...] = SETUP_ERRORS,
 ) -> int:
-    """Run a training command: ``setup()`` builds everything from the options, and one of
-    ``errors`` there is reported as ``discograd COMMAND: error: ...`` with exit status 2
-    (nothing trained, nothing written); with ``--nproc N`` the command then restarts in N
-    processes and returns their status; otherwise ``train(built)`` returns the status, a
-    :class:`~discograd.train.ConfigError` ending it with status 2 as well, a non-finite loss
-    or an unusable checkpoint with status 1."""
+    """Run a training command: ``--out`` is checked (:func:`prepare_out`), then ``setup()``
+    builds everything from the options; a bad --out or one of ``errors`` in setup is reported
+    as ``discograd COMMAND: error: ...`` with exit status 2 (nothing trained, nothing written:
+    the folders made for --out are removed again); with ``--nproc N`` the command then
+    restarts in N processes and returns their status; otherwise ``train(built)`` returns the
+    status, a :class:`~discograd.train.ConfigError` ending it with status 2 as well, a
+    non-finite loss or an unusable checkpoint with status 1, Ctrl-C with status 130 and one
+    line saying where the last checkpoint is."""
     from discograd.train import CheckpointError, ConfigError, NonFiniteLossError
 
+    out = getattr(args, "out", None)
+    try:
+        created = prepare_out(out) if out is not None else []
+    except ValueError as exc:
+        print(f"discograd {command}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         built = setup()
     except errors as exc:
+        remove_empty(created)
         print(f"discograd {command}: error: {exc}", file=sys.stderr)
         return 2
-    # --nproc N: the settings are valid; run them in N processes instead of this one.
-    code = launch_if_requested(args)
-    if code is not None:
-        return code
+    except KeyboardInterrupt:
+        remove_empty(created)
+        return _interrupted(command, None)
     try:
+        # --nproc N: the settings are valid; run them in N processes instead of this one.
+        code = launch_if_requested(args)
+        if code is not None:
+            return code
         return train(built)
     except ConfigError as exc:  # found by fit before it trained or wrote anything
         print(f"discograd {command}: error: {exc}", file=sys.stderr)
@@ -469,6 +600,31 @@ def run_command(
     except (NonFiniteLossError, CheckpointError) as exc:
         print(f"discograd {command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return _interrupted(command, out)
+
+
+def _interrupted(command: str, out: Optional[str]) -> int:
+    """Ctrl-C: one line instead of the traceback (rank 0 speaks), exit status 130. The trainer
+    writes checkpoint.pt atomically every --ckpt-every steps, so the file in --out is whole:
+    the last one written before the interruption."""
+    from discograd.train import CHECKPOINT_FILE
+
+    if is_main():
+        if out is None:
+            text = "interrupted before training started; nothing was written"
+        elif (Path(out) / CHECKPOINT_FILE).is_file():
+            text = (
+                f"interrupted; the last checkpoint is in {out}; rerun the same command with "
+                f"--resume to continue from it"
+            )
+        else:
+            text = (
+                f"interrupted before the first checkpoint (written every --ckpt-every steps); "
+                f"nothing to resume in {out}"
+            )
+        print(f"\ndiscograd {command}: {text}", file=sys.stderr, flush=True)
+    return INTERRUPTED
 
 
 def launch_if_requested(args: argparse.Namespace) -> Optional[int]:
@@ -524,7 +680,8 @@ def train_and_summarize(
         "processes": result.world_size,
         **{split: metrics for split, metrics in result.final.items()},
     }
-    (Path(config.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Strict JSON: a diverged run's NaN metric is the string "nan" (as in metrics.jsonl).
+    (Path(config.out_dir) / "summary.json").write_text(json_dumps(summary, indent=2) + "\n")
     return result, summary
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from discograd.cli._common import INTERRUPTED, HelpFormatter, prepare_out
+
 PAPER_ESTIMATORS = "reinforce,darn,muprop,st,gumbel-softmax,st-gumbel-softmax"
 
 
@@ -62,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "steps and against seconds, one line per estimator. Options that compare does not "
             "know are passed to 'discograd EXPERIMENT'."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,
     )
     p.add_argument("experiment", choices=EXPERIMENTS, help="the experiment to run")
@@ -93,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
         setattr(args, key, value)
     if passed and passed[0] == "--":
         passed = passed[1:]
+    out = Path(args.out or f"runs/compare-{args.experiment}")
     try:
         specs = parse_specs(args.estimators)
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-        out = Path(args.out or f"runs/compare-{args.experiment}")
+        prepare_out(out)  # before the first run: ValueError "--out OUT: reason"
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
 
         def say(msg: str) -> None:
@@ -117,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"discograd compare: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\ndiscograd compare: interrupted; the finished runs are in "
+            f"{out / 'runs'} (no table was written)",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     print(record["table"], flush=True)
     files = [str(out / "results.md"), str(out / "results.json"), *record["figures"]]
     print("wrote: " + ", ".join(files), flush=True)

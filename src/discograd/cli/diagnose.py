@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from discograd import diagnostics
+    from discograd.cli._common import prepare_out
     from discograd.estimators import available
     from discograd.problems import get_problem
 
@@ -170,6 +171,11 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(args.tau, args.estimator_option)
     problems = [_get(get_problem, name) for name in _problem_names(args.problem, args.function)]
     problems += [load_function(spec) for spec in args.function or []]
+    if args.out:
+        try:  # before the work: the files go there at the end
+            prepare_out(args.out)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     results: List[Dict[str, Any]] = []
     sections: List[str] = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from discograd.cli._common import (
+    HelpFormatter,
     add_estimator_options,
     add_loop_options,
     add_output_options,
@@ -48,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "of generated sequences the grammar accepts (grammar data) or their NLL under the "
             "true chain (Markov data), and their diversity."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("data (made by the library, no download)")
     g.add_argument(

@@ -14,10 +14,13 @@ import argparse
 from typing import Any, Dict
 
 from discograd.cli._common import (
+    HelpFormatter,
+    add_data_options,
     add_estimator_options,
     add_loop_options,
     add_output_options,
     add_preset_option,
+    precheck_enumeration,
 )
 
 DEFAULTS: Dict[str, Any] = {"estimator": "gumbel-softmax"}
@@ -39,13 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "digits, split into 32 upper and 32 lower pixels (no download); the paper's setting "
             "is --preset jang-bernoulli or jang-categorical (binarized MNIST, 392 + 392 pixels)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_preset_option(p, "sbn")
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default="digits",
+    add_data_options(
+        g,
         help="'digits' (embedded 8x8), 'mnist', 'fashion-mnist', 'binarized-mnist' or "
         "'mnist-npz:PATH' (e.g. mnist-npz:/work/shared/data/mnist-10k.npz)",
     )
@@ -92,4 +94,17 @@ def run(args: argparse.Namespace) -> int:
     ``--nproc`` can hand it, pickled with the options, to the worker processes."""
     from discograd.experiments.sbn import run as run_sbn
 
+    # --estimator exact would stop at the first step on too many configurations: say so now.
+    n = args.n_latent or (200 if args.latent == "bernoulli" else 20)
+    bernoulli = args.latent == "bernoulli"
+    code = precheck_enumeration(
+        "sbn",
+        args,
+        2**n if bernoulli else args.n_classes**n,
+        f"a layer's {n} Bernoulli units (--n-latent)"
+        if bernoulli
+        else f"a layer's {n} variables (--n-latent) of {args.n_classes} classes (--n-classes)",
+    )
+    if code is not None:
+        return code
     return run_sbn(args)

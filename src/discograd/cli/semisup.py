@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 
 from discograd.cli._common import (
+    HelpFormatter,
+    add_data_options,
     add_estimator_options,
     add_loop_options,
     add_output_options,
@@ -36,13 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "--n-classes 100 makes 100 classes of (digit, random bucket) pairs; --speed times "
             "marginalization against sampling as the number of classes grows."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_preset_option(p, "semisup")
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default="digits",
+    add_data_options(
+        g,
         help="'digits' (embedded 8x8), 'mnist', 'fashion-mnist' or 'mnist-npz:PATH' (labels "
         "needed)",
     )
@@ -63,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument(
         "--hidden",
         type=int_list,
-        default=(256,),
+        default="256",  # a string, so that --help shows it as typed (argparse applies type)
         metavar="W1,W2,...",
         help="hidden widths of the classifier and encoder (the decoder mirrors them)",
     )
@@ -87,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument(
         "--speed-classes",
         type=int_list,
-        default=(10, 100),
+        default="10,100",
         metavar="K1,K2,...",
         help="numbers of classes to time",
     )

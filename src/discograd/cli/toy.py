@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
+from discograd.cli._common import HelpFormatter, prepare_out
+
 TOYS = ("gaussian", "gumbel-max", "concrete", "bitflip")
 
 
@@ -27,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     sub = p.add_subparsers(dest="toy", metavar="NAME")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--out", default="runs/toy", metavar="DIR", help="output folder")
@@ -127,8 +129,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Minimize E[(b - t)^2], b ~ Bernoulli(sigmoid(theta)), over theta (from 0) with "
             "Adam, once per estimator; plots the exact loss and log10 of the variance of the "
             "gradient estimate (from --probe-draws estimates every --probe-every steps). "
-            "Unregistered estimators and those not defined for Bernoulli variables are "
-            "skipped."
+            "Estimators not defined for Bernoulli variables are skipped; an unknown name is "
+            "an error."
         ),
     )
     q.add_argument("--t", type=float, default=0.45, help="the target t")
@@ -165,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
     fn, kwargs, report = _TOYS[args.toy](args)
     out = Path(args.out)
     try:
+        if args.toy == "bitflip":
+            _check_estimators(args.estimators)
+        prepare_out(out)  # before the work: the figure and the JSON go there at the end
         summary = fn(out, plot=not args.no_plots, seed=args.seed, **kwargs)
     except ValueError as exc:
         print(f"discograd toy {args.toy}: error: {exc}", file=sys.stderr)
@@ -290,6 +295,19 @@ _TOYS = {
     "concrete": _concrete,
     "bitflip": _bitflip,
 }
+
+
+def _check_estimators(names: Tuple[str, ...]) -> None:
+    """--estimators of bitflip: ValueError naming the unregistered ones."""
+    from discograd.estimators import available
+
+    registered = available()
+    unknown = [n for n in names if n not in registered]
+    if unknown:
+        raise ValueError(
+            f"--estimators: unknown estimator {', '.join(map(repr, unknown))}; available: "
+            f"{', '.join(registered)}"
+        )
 
 
 def _split(text: str, cast: Callable[[str], Any], what: str) -> Tuple[Any, ...]:

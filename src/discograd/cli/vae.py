@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from discograd.cli._common import (
+    HelpFormatter,
+    add_data_options,
     add_estimator_options,
     add_loop_options,
     add_output_options,
     add_preset_option,
     build_estimator,
     check_device,
+    check_enumeration,
     describe_estimator,
     int_list,
     load_dataset,
@@ -66,14 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "estimator, and report the test negative ELBO and importance-weighted bound "
             "(nats per example, lower is better)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_preset_option(p, "vae", whose="Jang et al.'s, the official demo's")
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default="digits",
-        help="data set: 'digits' (embedded 8x8 digits) or a name discograd.data.load knows",
+    add_data_options(
+        p.add_argument_group("data"),
+        help="'digits' (embedded 8x8), 'mnist', 'fashion-mnist', 'binarized-mnist' or "
+        "'mnist-npz:PATH' (e.g. mnist-npz:/work/shared/data/mnist-10k.npz)",
     )
     g = p.add_argument_group("estimator")
     add_estimator_options(
@@ -131,12 +133,24 @@ def run(args: argparse.Namespace) -> int:
 
     def setup() -> Tuple[Any, Any, Dict[str, Any], Any]:
         if args.threads < 0:
-            raise ValueError("--threads must be >= 0")
+            raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        if args.iw_samples < 0:
+            raise ValueError(
+                f"--iw-samples must be >= 0 (0: skip the bound), got {args.iw_samples}"
+            )
         if args.threads:  # this process is ours: the command line's choice
             torch.set_num_threads(args.threads)
         check_device(args.device)
-        data = load_dataset(args.dataset)
+        data = load_dataset(args.dataset, args.data_dir)
         estimator, est_settings = build_estimator(args)
+        categorical = args.latent == "categorical"
+        check_enumeration(
+            estimator,
+            args.n_classes**args.n_latent if categorical else 2**args.n_latent,
+            f"--n-latent {args.n_latent} latents of --n-classes {args.n_classes} classes"
+            if categorical
+            else f"--n-latent {args.n_latent} Bernoulli latents",
+        )
         if args.latent not in getattr(estimator, "distributions", (args.latent,)):
             raise ValueError(
                 f"estimator {args.estimator!r} does not support --latent {args.latent} "

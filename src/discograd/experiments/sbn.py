@@ -25,6 +25,7 @@ import torch
 from discograd.cli._common import (
     build_estimator,
     check_device,
+    describe_estimator,
     load_dataset,
     run_command,
     speaker,
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     def setup() -> Tuple[Any, Dict[str, Any], Any]:
         check_device(args.device)
         n_latent = args.n_latent or (200 if args.latent == "bernoulli" else 20)
-        data = load_dataset(args.dataset)
+        data = load_dataset(args.dataset, args.data_dir)
         upper, lower = split_halves(data.train[:1], data.image_shape)
         estimators, settings = build_estimators(args, args.n_layers, args.latent)
         with seeded(args.seed):
@@ -95,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
             f"test; {args.binarization} binarization; upper {model.in_dim} -> lower "
             f"{model.out_dim} pixels)"
         )
-        say(f"model: SBN {model.describe()}; estimator on every layer: {args.estimator} {settings}")
+        say(
+            f"model: SBN {model.describe()}; estimator on every layer: "
+            f"{describe_estimator(args.estimator, settings)}"
+        )
         return train_and_report(
             experiment,
             config,

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     def setup() -> Tuple[Any, SemiSupervisedExperiment, Any]:
         check_device(args.device)
-        data = load_dataset(args.dataset)
+        data = load_dataset(args.dataset, args.data_dir)
         return data, build_experiment(args, data), train_config(args)
 
     def train(built: Tuple[Any, SemiSupervisedExperiment, Any]) -> int:
@@ -246,7 +246,7 @@ def _run_speed(args: argparse.Namespace, say) -> int:
     from discograd.cli._common import check_device, load_dataset
 
     check_device(args.device)
-    data = load_dataset(args.dataset)
+    data = load_dataset(args.dataset, args.data_dir)
     _check_speed_options(args)
     classes = [int(c) for c in args.speed_classes]
     names = [n.strip() for n in args.speed_estimators.split(",") if n.strip()]

@@ -440,17 +440,21 @@ def bitflip(
 
     Every ``probe_every`` steps: the exact loss and the variance of the gradient estimate at
     the current theta, from ``probe_draws`` independent estimates (the estimator in eval mode,
-    so the probe does not move its baselines). Names not registered, or not defined for
-    Bernoulli variables, are skipped and listed in the summary.
+    so the probe does not move its baselines). Estimators not defined for Bernoulli variables
+    are skipped and listed in the summary; a name not registered is a ValueError (before any
+    run).
     """
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
-    available = set(estimators.available())
+    available = estimators.available()
+    unknown = [name for name in estimator_names if name not in available]
+    if unknown:
+        raise ValueError(
+            f"estimator_names: unknown estimator {', '.join(map(repr, unknown))}; available: "
+            f"{', '.join(available)}"
+        )
     runs, skipped = {}, {}
     for name in estimator_names:
-        if name not in available:
-            skipped[name] = "not registered"
-            continue
         est = _bitflip_estimator(name)
         if "bernoulli" not in getattr(est, "distributions", ()):
             skipped[name] = "does not support Bernoulli variables"
