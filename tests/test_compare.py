@@ -48,6 +48,11 @@ def test_compare_writes_table_json_and_figures(tmp_path, capsys):
     row = next(c for c in cells if c[1].strip().strip("*") == "gumbel-softmax")
     assert row[2].strip() == "2" and row[3].strip() == expected
     assert "| arm | 0 | failed:" in table
+    # The note under the table is a paragraph of its own: a line right after a table would be
+    # rendered (on GitHub) as one more row of it.
+    lines = table.rstrip("\n").splitlines()
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    assert lines[last_row + 1] == "" and lines[last_row + 2].startswith("sbn: mean")
     assert values[0] != values[1]  # the seeds differ
     for name in ("nll_vs_steps.png", "nll_vs_seconds.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
@@ -111,3 +116,21 @@ def test_preset_option_yields_to_the_command_line():
         assert args.dataset == "binarized-mnist" and args.eval_samples == 1000
     with pytest.raises(SystemExit):
         parser.parse_args(["sbn", "--preset", "nope"])
+
+
+def test_curves_read_non_finite_metrics_as_floats(tmp_path):
+    # metrics.jsonl is strict JSON: a diverged run's NaN is the string "nan"; the readers
+    # turn it back into a float (statistics over the runs failed on the string).
+    import math
+
+    from discograd import plotting
+    from discograd._json import dumps
+    from discograd.experiments.compare import _curve
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "split": "valid", "neg_elbo": math.nan}, {"step": 2, "loss": math.inf}]
+    path.write_text("".join(dumps(r) + "\n" for r in rows))
+    assert '"nan"' in path.read_text()
+    (curve,) = _curve(path)
+    assert math.isnan(curve["neg_elbo"])
+    assert plotting.read_jsonl(path)[1]["loss"] == math.inf

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from discograd._json import strings
 from discograd.estimators import Estimator, available, get
 from discograd.estimators._family import make_family
 
@@ -110,7 +111,7 @@ class GradientStats:
         for key, value in self.__dict__.items():
             if isinstance(value, Tensor):
                 value = value.tolist()
-            out[key] = _json_number(value)
+            out[key] = strings(value)
         return out
 
 
@@ -151,16 +152,6 @@ class CountingFunction:
 def count_evaluations(f: LossFn) -> CountingFunction:
     """``f`` wrapped to count calls (``.calls``) and evaluations (``.evaluations``)."""
     return CountingFunction(f)
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_number(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_number(v) for k, v in value.items()}
-    return value
 
 
 def _kind(logits: Union[Tensor, Distribution], distribution: str) -> str:
@@ -627,6 +618,8 @@ def plot_variance_bias(rows: Sequence[Row], path: str, title: str = "") -> None:
     matplotlib; uses its Agg canvas directly, leaving pyplot's global state alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
     done = [r for r in rows if isinstance(r, GradientStats)]
     fig = Figure(figsize=(11, 4.5))
@@ -644,14 +637,7 @@ def plot_variance_bias(rows: Sequence[Row], path: str, title: str = "") -> None:
             px, py = max(x, x_floor), max(y, y_floor)
             color = "C0" if r.unbiased_claim else "C3"
             label = "claims unbiased" if r.unbiased_claim else "biased by design"
-            ax.scatter(
-                [px],
-                [py],
-                s=40,
-                facecolors="none" if zero else color,
-                edgecolors=color,
-                label=None if label in seen else label,
-            )
+            ax.scatter([px], [py], s=40, facecolors="none" if zero else color, edgecolors=color)
             seen.add(label)
             labels.setdefault((px, py), []).append(r.estimator)
         for (px, py), names in labels.items():  # coincident points share one label
@@ -660,10 +646,21 @@ def plot_variance_bias(rows: Sequence[Row], path: str, title: str = "") -> None:
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # Minor ticks unlabelled: on a short log range matplotlib labels them, and they overlap.
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bias ||mean - exact||  (hollow: zero, drawn at the floor)")
         ax.set_ylabel("total variance of one estimate")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        # Legend entries drawn filled whatever the first point of each kind was (a hollow,
+        # zero-bias point would otherwise stand for the whole kind).
+        kinds = (("claims unbiased", "C0"), ("biased by design", "C3"))
+        handles = [
+            Line2D([], [], ls="", marker="o", markersize=7, color=c, label=label)
+            for label, c in kinds
+            if label in seen
+        ]
+        ax.legend(handles=handles, fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, "no exact gradient: bias unknown", ha="center", va="center")
         ax.set_axis_off()

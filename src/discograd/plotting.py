@@ -7,7 +7,6 @@ matplotlib is imported only when a figure is drawn, through its object-oriented 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -75,14 +74,11 @@ def image_grid(
 
 
 def read_jsonl(path: os.PathLike) -> List[Dict[str, Any]]:
-    """The rows of a metrics.jsonl file (lines that do not parse are skipped)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """The rows of a metrics.jsonl file (lines that do not parse are skipped), non-finite
+    numbers read back as floats (:func:`discograd.train.read_metrics`)."""
+    from discograd.train import read_metrics
+
+    return read_metrics(path)
 
 
 def training_curve(

@@ -77,7 +77,8 @@ from torch import Tensor, nn
 
 from discograd import distributed
 from discograd._fs import fsync_dir
-from discograd.diagnostics import _json_number
+from discograd._json import dumps as json_dumps
+from discograd._json import numbers
 from discograd.distributed import Context
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "TrainConfig",
+    "check_device",
     "epoch_batches",
     "fit",
     "load_checkpoint",
@@ -179,7 +181,7 @@ class TrainConfig:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self.eval_splits = _splits("eval_splits", self.eval_splits)
         self.final_splits = _splits("final_splits", self.final_splits)
-        _check_device(self.device)
+        check_device(self.device)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -203,14 +205,15 @@ def _splits(name: str, value: Any) -> Tuple[str, ...]:
     return splits
 
 
-def _check_device(device: Any) -> None:
-    """ValueError naming ``device`` for a malformed device or one this torch cannot use (cuda
-    without a GPU fails later with torch's AssertionError "Torch not compiled with CUDA")."""
+def check_device(device: Any, name: str = "device", cpu_hint: str = "device='cpu'") -> None:
+    """ValueError naming ``name`` for a malformed device or one this torch cannot use (cuda
+    without a GPU fails later with torch's AssertionError "Torch not compiled with CUDA"), or
+    an index past the devices present. ``cpu_hint``: how the caller's user asks for the CPU."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
-            f"device {device!r} is not a torch device (e.g. cpu, cuda:0): {exc}"
+            f"{name} {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps): {exc}"
         ) from None
     if dev.type == "cpu":
         return
@@ -218,13 +221,15 @@ def _check_device(device: Any) -> None:
     available = getattr(backend, "is_available", None)
     if not callable(available) or not available():
         raise ValueError(
-            f"device {device!r}: no {dev.type} device is available to this torch "
-            f"({torch.__version__}); use device='cpu'"
+            f"{name} {device!r}: no {dev.type} device is available to this torch "
+            f"({torch.__version__}); use {cpu_hint}"
         )
     count = getattr(backend, "device_count", None)
     present = count() if callable(count) else None
     if dev.index is not None and isinstance(present, int) and dev.index >= present:
-        raise ValueError(f"device {device!r}: this machine has {present} {dev.type} device(s)")
+        raise ValueError(
+            f"{name} {device!r}: this machine has {present} {dev.type} device(s), numbered from 0"
+        )
 
 
 class Experiment(Protocol):
@@ -369,19 +374,8 @@ def read_metrics(path: os.PathLike) -> List[Dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict):
-            rows.append({k: _from_json_number(v) for k, v in row.items()})
+            rows.append(numbers(row))
     return rows
-
-
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _from_json_number(value: Any) -> Any:
-    if isinstance(value, str):
-        return _NON_FINITE.get(value, value)
-    if isinstance(value, list):
-        return [_from_json_number(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -924,7 +918,7 @@ class _MetricsLog:
         # Strict JSON: NaN and infinities become the strings "nan", "inf", "-inf" (as in
         # diagnostics' JSON; read_metrics reads them back); json.dumps would write NaN and
         # Infinity, which strict parsers (JavaScript's JSON.parse, jq) refuse.
-        line = json.dumps(_json_number(row), allow_nan=False)
+        line = json_dumps(row)
         with open(self.path, "a") as fh:
             fh.write(line + "\n")
 

@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from discograd._json import dumps as json_dumps
+from discograd._json import numbers
+from discograd.train import read_metrics
+
 __all__ = [
     "DEFAULT_METRIC",
     "EXPERIMENTS",
@@ -144,7 +148,7 @@ def compare(
     }
     table = format_table(record)
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (out / "results.json").write_text(json_dumps(record, indent=2, default=str) + "\n")
     record["table"] = table
     record["figures"] = plot_curves(record, out)
     return record
@@ -168,13 +172,15 @@ def _run_one(
             rc = int(args.func(args) or 0)
     except SystemExit as exc:  # argparse rejected an option
         rc = int(exc.code or 2) if not isinstance(exc.code, str) else 2
+    if rc == 130:  # the command caught Ctrl-C (its own message is in err): stop every run
+        raise KeyboardInterrupt
     row["wall_seconds"] = round(time.perf_counter() - start, 2)
     messages = [line for line in err.getvalue().splitlines() if line.strip()]
     summary_path = run_dir / "summary.json"
     if rc != 0 or not summary_path.exists():
         row.update(status="failed", error=messages[-1] if messages else f"exit status {rc}")
         return row
-    summary = json.loads(summary_path.read_text())
+    summary = numbers(json.loads(summary_path.read_text()))
     row.update(status="ok", summary=summary, curve=_curve(run_dir / "metrics.jsonl"))
     return row
 
@@ -188,15 +194,7 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 def _curve(path: Path) -> List[Dict[str, Any]]:
     """The validation rows (intermediate and final) of a run's metrics.jsonl."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("split") == "valid":
-            rows.append(row)
-    return rows
+    return [row for row in read_metrics(path) if row.get("split") == "valid"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +246,9 @@ def format_table(record: Dict[str, Any]) -> str:
         cells += [f"{statistics.fmean(walls):.1f}", f"{statistics.fmean(rates):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = record["seeds"]
+    # A blank line: text right after a table would be read as one more row of it.
     note = (
-        f"\n{record['experiment']}: mean ± std over seeds {seeds[0]}..{seeds[-1]} "
+        f"\n\n{record['experiment']}: mean ± std over seeds {seeds[0]}..{seeds[-1]} "
         f"(std 0 with one seed); bold: best mean test {metric}; wall s: the whole run; "
         "steps/s: training steps per second, evaluation time excluded"
     )

@@ -51,10 +51,10 @@ class GumbelSoftmax(StepCounter):
         dim: the category dimension.
 
     ``forward(logits, generator=None)``: logits (..., K, ...) -> samples of the same shape and
-    dtype. The layer samples in ``eval()`` mode too (unlike ``nn.Dropout``, which
-    turns itself off there): for a deterministic output at test time take the arg max of the
-    logits, or pass a seeded ``generator``. Call :meth:`step` once per optimizer step to advance a schedule (the step counter
-    ``num_steps`` and its host-side mirror come from
+    dtype. The layer samples in ``eval()`` mode too (unlike ``nn.Dropout``, which turns itself
+    off there): for a deterministic output at test time take the arg max of the logits, or
+    pass a seeded ``generator``. Call :meth:`step` once per optimizer step to advance a
+    schedule (the step counter ``num_steps`` and its host-side mirror come from
     :class:`~discograd.estimators.base.StepCounter`; restore it with ``load_state_dict``).
     """
 
