@@ -98,7 +98,11 @@ def test_setup_error_leaves_no_out_folder(tmp_path, capsys):
         (["vae", "--estimator", "exact", "--latent", "bernoulli", "--n-latent", "20"],
          "--estimator-option max_configurations=1048576"),
         (["sbn", "--estimator", "exact"], "far too many to enumerate"),
-        (["sbn", "--estimator", "exact", "--n-latent", "17"],
+        # The layers' enumerations nest: 2 layers of 10 units are 2^20 configurations (that
+        # run was let through, and took all 24 GB of memory before it was killed).
+        (["sbn", "--estimator", "exact", "--n-latent", "10"],
+         "2 nested layers of 10 Bernoulli units (--n-latent): 1048576"),
+        (["sbn", "--estimator", "exact", "--n-latent", "17", "--n-layers", "1"],
          "--estimator-option max_configurations=131072"),
     ],
 )  # fmt: skip

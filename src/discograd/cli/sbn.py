@@ -95,15 +95,22 @@ def run(args: argparse.Namespace) -> int:
     from discograd.experiments.sbn import run as run_sbn
 
     # --estimator exact would stop at the first step on too many configurations: say so now.
+    # Each layer's estimator sees the layers below it inside its f, so the enumerations nest:
+    # an example's joint configurations are the per-layer count to the power --n-layers (2^20
+    # for two layers of 10 units, about 300 GB for one tensor of MNIST pixels).
     n = args.n_latent or (200 if args.latent == "bernoulli" else 20)
     bernoulli = args.latent == "bernoulli"
+    per_layer = 2**n if bernoulli else args.n_classes**n
+    units = (
+        f"{n} Bernoulli units (--n-latent)"
+        if bernoulli
+        else f"{n} variables (--n-latent) of {args.n_classes} classes (--n-classes)"
+    )
     code = precheck_enumeration(
         "sbn",
         args,
-        2**n if bernoulli else args.n_classes**n,
-        f"a layer's {n} Bernoulli units (--n-latent)"
-        if bernoulli
-        else f"a layer's {n} variables (--n-latent) of {args.n_classes} classes (--n-classes)",
+        per_layer**args.n_layers,
+        f"--n-layers {args.n_layers} nested layers of {units}",
     )
     if code is not None:
         return code
