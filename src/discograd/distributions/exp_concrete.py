@@ -146,7 +146,7 @@ def log_concrete_sample(
 ) -> Tensor:
     """log_softmax((logits + G) / tau) of shape ``shape``, in the compute dtype (see ops).
 
-    Its exp is on the simplex to float32 rounding (|sum - 1| below 1e-6) up to K = 32000 at
+    Its exp is on the simplex to float32 rounding (``|sum - 1|`` below 1e-6) up to K = 32000 at
     least, at every temperature.
     """
     work = compute_dtype(torch.promote_types(logits.dtype, tau.dtype))
