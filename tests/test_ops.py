@@ -368,3 +368,72 @@ print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+# ---------------------------------------------------------------- numerics found in review
+
+
+@pytest.mark.parametrize("gap", [10.0, 20.0, 30.0, 100.0])
+def test_relaxed_topk_with_a_leading_category_matches_float64(gap):
+    # log(1 - p) of a category with p rounded to 1 was clamped to -46: a lead of more than
+    # about 46 nats gave [2, 0] instead of [1, 1]-like samples, and float32 disagreed with
+    # float64 from a lead of 17 nats (1.0 against 1.5 at tau = 1).
+    logits = torch.tensor([[0.0, -gap, float("-inf")]])
+    got = relaxed_topk(logits, 2, 1.0, generator=gen(3))
+    want = relaxed_topk(logits.double(), 2, 1.0, generator=gen(3))
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    assert 0.4 < float(want[0, 1]) < 0.6  # the second pick, as Xie & Ermon's update gives
+    cold = relaxed_topk(logits, 2, 1e-3, generator=gen(3))
+    assert torch.equal(cold, torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_samples_do_not_depend_on_a_shift_of_the_logits(monkeypatch):
+    # The reference path subtracts each row's max before adding the noise: at 1e6 in float32
+    # the noise was rounded to multiples of 1/16 and the arg max was biased (chi-square
+    # p = 2e-27 on 400,000 rows of equal logits).
+    monkeypatch.setenv(kernels_disable_env(), "1")
+    base = torch.tensor([1.0, 0.0, -1.0, 2.0])
+    probs = torch.softmax(base.double(), -1).numpy()
+    for shift in (0.0, 1e6):
+        index = gumbel_max((base + shift).expand(100_000, 4), generator=gen(4))
+        counts = np.bincount(index.numpy(), minlength=4)
+        assert chi_square_pvalue(counts, probs) > 1e-3, (shift, counts)
+    # Negative control: the same test rejects the frequencies of shifted-by-0.1 logits.
+    wrong = torch.softmax(base.double() + torch.tensor([0.1, 0, 0, 0]), -1).numpy()
+    assert chi_square_pvalue(counts, wrong) < 1e-6
+    a = gumbel_softmax(base.expand(3, 4), 0.5, generator=gen(5))
+    b = gumbel_softmax(base.expand(3, 4) + 1e6, 0.5, generator=gen(5))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_reference_path_stays_finite_at_extreme_logits_and_temperatures(monkeypatch):
+    monkeypatch.setenv(kernels_disable_env(), "1")
+    y = gumbel_softmax(torch.tensor([[1e33, 0.0]]), tau=1e-6)
+    assert torch.equal(y, torch.tensor([[1.0, 0.0]]))  # was NaN: 1e33 / 1e-6 overflowed
+    tau = torch.tensor([1e-20], requires_grad=True)
+    y = gumbel_softmax(torch.tensor([[1.0, 0.0, -3.0]]), tau=tau, generator=gen(6))
+    (y * torch.arange(3.0)).sum().backward()
+    assert tau.grad is not None and torch.isfinite(tau.grad).all()  # was 0 * inf = NaN
+    with pytest.raises(ValueError, match="tau is too small"):
+        gumbel_softmax(torch.randn(2, 3), tau=1e-40)
+    with pytest.raises(ValueError, match="tau is too small"):
+        gumbel_softmax(torch.randn(2, 3), tau=torch.tensor([1e-40, 1.0], dtype=F64))
+
+
+@pytest.mark.parametrize("disabled", ["", "1"])
+def test_tau_and_layout_errors_and_contiguity_on_both_paths(monkeypatch, disabled):
+    monkeypatch.setenv(kernels_disable_env(), disabled)
+    with pytest.raises(ValueError, match="at least one dimension"):  # was ZeroDivisionError
+        gumbel_softmax(torch.tensor(1.0), tau=torch.tensor(1.0))
+    for bad in [True, "1"]:
+        with pytest.raises(TypeError, match="tau must be a float or a tensor"):
+            gumbel_softmax(torch.randn(2, 3), tau=bad)
+    x = torch.randn(8, 3, 10)
+    assert gumbel_softmax(x, dim=1).is_contiguous()  # as torch's op: .view works
+    assert gumbel_softmax(x.permute(2, 0, 1), dim=0).is_contiguous()
+
+
+def kernels_disable_env() -> str:
+    from discograd.kernels import DISABLE_ENV
+
+    return DISABLE_ENV

@@ -140,6 +140,8 @@ def check_tau(tau: TauLike, *, name: str = "tau") -> None:
         if torch.isinf(tau).any():
             raise ValueError(f"{name} must be finite")
         return
+    if isinstance(tau, (bool, str, bytes)):  # float() would take True and "1"
+        raise TypeError(f"{name} must be a float or a tensor, got {type(tau).__name__}")
     try:
         value = float(tau)
     except (TypeError, ValueError):

@@ -137,10 +137,21 @@ def _shape(shape: ShapeLike) -> Tuple[int, ...]:
     return dims
 
 
-def _perturbed(logits: Tensor, dim: int, generator: Optional[torch.Generator]) -> Tensor:
-    """logits + Gumbel noise, in the compute dtype (float32 for half inputs)."""
-    check_logits(logits, dim=dim)
+def _perturbed(
+    logits: Tensor, dim: int, generator: Optional[torch.Generator], checked: bool = False
+) -> Tensor:
+    """logits - c + Gumbel noise, in the compute dtype (float32 for half inputs), with c the
+    row's largest finite logit (detached; 0 for a row without one).
+
+    Arg max and softmax do not depend on c, but the noise does: added to a logit of 1e6 in
+    float32 it would be rounded to multiples of 1/16, and the samples would no longer be
+    exact (a biased arg max for large logits, as in torch's op). ``checked``: the caller has
+    run :func:`check_logits` already."""
+    if not checked:
+        check_logits(logits, dim=dim)
     work = logits.to(compute_dtype(logits.dtype))
+    top = work.detach().amax(dim, keepdim=True)
+    work = work - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     return work + gumbel_noise(work, generator=generator)
 
 
@@ -210,27 +221,49 @@ def gumbel_max(
 
 
 def _tau_for(tau: TauLike, logits: Tensor, dim: int) -> Union[float, Tensor]:
-    """Broadcast a tensor temperature over the batch shape (``logits`` without ``dim``)."""
+    """Broadcast a tensor temperature over the batch shape (``logits`` without ``dim``).
+
+    A temperature whose reciprocal overflows the compute dtype (below about 3e-39 in float32)
+    is refused, as the fused kernels refuse it: the softmax would be NaN.
+    """
     check_tau(tau)
+    work = compute_dtype(logits.dtype)
+    smallest = 1.0 / torch.finfo(work).max
+    too_small = ValueError(
+        f"tau is too small for {work} computation: 1 / tau overflows (tau must be >= "
+        f"{smallest:.3g})"
+    )
     if not isinstance(tau, Tensor):
+        if float(tau) < smallest:
+            raise too_small
         return float(tau)
+    if checks_contents() and bool((plain_values(tau)[0] < smallest).any()):
+        raise too_small
     dim = dim % logits.dim()
     batch_shape = tau_batch_shape(tau, logits, dim)
     # Convert before broadcasting: in half precision the expanded tau's gradient would be summed
     # in half precision and overflow.
-    return tau.to(compute_dtype(logits.dtype)).expand(batch_shape).unsqueeze(dim)
+    return tau.to(work).expand(batch_shape).unsqueeze(dim)
 
 
-def _tempered(scores: Tensor, tau: Union[float, Tensor]) -> Tensor:
-    """scores / tau, keeping masked (-inf) scores at -inf.
+def _tempered(scores: Tensor, tau: Union[float, Tensor], dim: int) -> Tensor:
+    """(scores - max) / tau along ``dim`` (the max detached), keeping masked (-inf) scores at
+    -inf.
 
-    A tensor tau divides a finite stand-in at masked entries: -inf / tau would give tau's
-    gradient 0 * inf = NaN even though those entries' gradient is zero.
+    Shifted first so that the largest term is 0 whatever tau: a finite score of 1e33 over a tau
+    of 1e-6 would overflow to inf, and the softmax be NaN. A tensor tau multiplies by
+    exp(-log tau), not divides: the divisor's gradient in torch is (s / tau) / tau, which
+    overflows for a small tau and turns the zero gradient of a saturated entry into 0 * inf =
+    NaN; through exp and log the zero stays zero. Masked entries get a finite stand-in for the
+    same reason.
     """
+    top = scores.detach().amax(dim, keepdim=True)
+    shifted = scores - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     if not isinstance(tau, Tensor):
-        return scores / tau
+        return shifted / tau
     masked = torch.isneginf(scores)
-    return torch.where(masked, scores, torch.where(masked, 0.0, scores) / tau)
+    rate = torch.exp(-torch.log(tau))
+    return torch.where(masked, scores, torch.where(masked, 0.0, shifted) * rate)
 
 
 def gumbel_softmax(
@@ -265,9 +298,10 @@ def gumbel_softmax(
     fast = _kernels.gumbel_softmax(logits, tau, hard, dim, generator)
     if fast is not None:  # fused kernel for this device and dtype (discograd.kernels)
         return fast
+    check_logits(logits, dim=dim)  # before tau: its broadcast needs a dim to leave out
     tau_ = _tau_for(tau, logits, dim)
-    scores = _perturbed(logits, dim, generator)
-    soft = torch.softmax(_tempered(scores, tau_), dim)
+    scores = _perturbed(logits, dim, generator, checked=True)
+    soft = torch.softmax(_tempered(scores, tau_, dim), dim)
     if hard:
         hard_sample = _one_hot(scores.argmax(dim, keepdim=True), soft, dim)
         soft = straight_through(hard_sample, soft)
@@ -302,18 +336,31 @@ def gumbel_topk(
     """
     check_logits(logits, dim=dim)
     _check_k(logits, k, dim)
-    return _perturbed(logits, dim, generator).topk(k, dim=dim).indices
+    return _perturbed(logits, dim, generator, checked=True).topk(k, dim=dim).indices
 
 
 def _log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Maechler 2012)."""
-    x = x.clamp(max=-1e-20)  # a category drawn with probability one is masked, not -inf/NaN
+    x = x.clamp(max=-1e-20)  # a stand-in where x = 0; the callers replace those entries
     near = x > -0.6931471805599453
     # Each branch sees a safe stand-in where it is not used: log1p(-exp(x)) is -inf for x near
     # 0 in float32, and its zero gradient would otherwise become 0 / 0 = NaN.
     a = torch.log(-torch.expm1(torch.where(near, x, -1.0)))
     b = torch.log1p(-torch.exp(torch.where(near, -1.0, x)))
     return torch.where(near, a, b)
+
+
+def _log1m_softmax(log_p: Tensor, dim: int) -> Tensor:
+    """log(1 - p) for p = exp(log_p), a softmax along ``dim``, accurate where p is near 1.
+
+    From log p, 1 - p is lost to rounding once p rounds to 1 (a lead of 17 nats in float32):
+    the row's largest entry takes the logsumexp of the others' log p instead, which are small
+    and exact. The others have p <= 1/2, where :func:`_log1mexp` is accurate.
+    """
+    top = log_p.detach().argmax(dim, keepdim=True)
+    is_top = torch.zeros_like(log_p, dtype=torch.bool).scatter(dim, top, True)
+    others = torch.logsumexp(log_p.masked_fill(is_top, float("-inf")), dim, keepdim=True)
+    return torch.where(is_top, others, _log1mexp(torch.where(is_top, -1.0, log_p)))
 
 
 def relaxed_topk(
@@ -339,13 +386,14 @@ def relaxed_topk(
     check_logits(logits, dim=dim)
     _check_k(logits, k, dim)
     tau_ = _tau_for(tau, logits, dim)
-    scores = _perturbed(logits, dim, generator)
+    scores = _perturbed(logits, dim, generator, checked=True)
     a = scores
     khot = torch.zeros_like(scores)
-    for _ in range(k):
-        log_p = torch.log_softmax(_tempered(a, tau_), dim)
+    for step in range(k):
+        log_p = torch.log_softmax(_tempered(a, tau_, dim), dim)
         khot = khot + log_p.exp()
-        a = a + _log1mexp(log_p)
+        if step + 1 < k:  # the last step's update is never read
+            a = a + _log1m_softmax(log_p, dim)
     if hard:
         exact = torch.zeros_like(khot).scatter(dim, scores.topk(k, dim=dim).indices, 1.0)
         khot = straight_through(exact, khot)

@@ -79,7 +79,7 @@ class GumbelRao(Relaxed):
         # theta - stop(theta); masked (-inf) categories get 0 there, not inf - inf.
         perturbed = conditional_gumbel(theta.detach(), d, generator, n=self.k)
         perturbed = perturbed + torch.where(torch.isfinite(theta), zero_value(theta), 0.0)
-        soft = torch.softmax(_tempered(perturbed, tau), -1).mean(0)
+        soft = torch.softmax(_tempered(perturbed, tau, -1), -1).mean(0)
         z = straight_through(d, soft).to(logits.dtype)
         return evaluate(f, decode(z), family).mean(0)
 

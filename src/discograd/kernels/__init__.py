@@ -171,10 +171,11 @@ def _rows(logits: Tensor, dim: int) -> Tensor:
 
 
 def _unrows(out: Tensor, logits: Tensor, dim: int) -> Tensor:
-    """Rows from :func:`_rows` back in the layout of ``logits``."""
+    """Rows from :func:`_rows` back in the shape of ``logits``, contiguous (as torch's op
+    returns them: a caller's ``.view`` of the result must work as it does there)."""
     if _is_last(logits, dim):
         return out if out.shape == logits.shape else out.reshape(logits.shape)
-    return out.reshape(logits.movedim(dim, -1).shape).movedim(-1, dim)
+    return out.reshape(logits.movedim(dim, -1).shape).movedim(-1, dim).contiguous()
 
 
 def _tau_rows(tau: Tensor, logits: Tensor, dim: int) -> Tensor:
@@ -195,13 +196,13 @@ def gumbel_softmax(
     """Fused Gumbel-softmax, or ``None`` where no fast path applies (see the module doc)."""
     if not isinstance(logits, Tensor) or not _eligible(logits):
         return None
+    _validate_logits(logits, dim, fused=True)  # before tau: its broadcast needs a dim
     if isinstance(tau, Tensor):
         tau_rows: Optional[Tensor] = _tau_rows(tau, logits, dim)
         tau_value = 1.0
     else:
         check_tau(tau)
         tau_rows, tau_value = None, float(tau)
-    _validate_logits(logits, dim, fused=True)
     rows = _rows(logits, dim)
     seed = _seed(generator, logits.device)
     check = _checks_in_kernel()
