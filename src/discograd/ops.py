@@ -102,6 +102,10 @@ def gumbel_noise(
         A tensor of Gumbel(0, 1) draws. Values lie in about [-2.9, 17.4] in float32 and
         [-3.6, 37.4] in float64; the probability outside these ranges is below 2^-24 and
         2^-53, the resolution of the underlying uniform generator.
+
+    Raises:
+        TypeError: a shape that is not ints. ValueError: a negative size, or a dtype that is
+            not floating point.
     """
     if not isinstance(shape_or_tensor, Tensor):
         shape_or_tensor = _shape(shape_or_tensor)
@@ -209,6 +213,12 @@ def gumbel_max(
 
     Returns:
         int64 indices with ``dim`` removed, or one-hot samples shaped like ``logits``.
+
+    Raises:
+        ValueError: ``logits`` with NaN or +inf entries, a row with every category masked
+            (-inf), or no categories (checks of the values are skipped under
+            ``set_validate_args(False)`` and in code traced by torch.compile);
+            ``dim`` out of range (IndexError).
     """
     fast = _kernels.gumbel_max(logits, dim, generator, one_hot)
     if fast is not None:  # fused kernel for this device and dtype (discograd.kernels)
@@ -292,7 +302,16 @@ def gumbel_softmax(
         generator: a ``torch.Generator`` for reproducible draws.
 
     Returns:
-        A tensor shaped like ``logits``, in its dtype.
+        A tensor shaped like ``logits``, in its dtype (contiguous, as torch's op).
+
+    Raises:
+        ValueError: ``logits`` with NaN or +inf entries, a row with every category masked
+            (-inf), or no categories (checks of the values are skipped under
+            ``set_validate_args(False)`` and in code traced by torch.compile);
+            ``dim`` out of range (IndexError).
+        ValueError: ``tau`` <= 0, NaN or inf, too small for the compute dtype (1 / tau
+            overflows), or a tensor that does not broadcast to the batch shape; TypeError:
+            ``tau`` neither a number nor a tensor.
     """
     del eps
     fast = _kernels.gumbel_softmax(logits, tau, hard, dim, generator)
@@ -333,6 +352,14 @@ def gumbel_topk(
 
     Returns:
         int64 indices with ``dim`` of size k, like ``torch.topk(...).indices``.
+
+    Raises:
+        ValueError: ``logits`` with NaN or +inf entries, a row with every category masked
+            (-inf), or no categories (checks of the values are skipped under
+            ``set_validate_args(False)`` and in code traced by torch.compile);
+            ``dim`` out of range (IndexError).
+        ValueError: ``k`` < 1, above the number of categories, or above the unmasked ones
+            in some row.
     """
     check_logits(logits, dim=dim)
     _check_k(logits, k, dim)
@@ -382,6 +409,10 @@ def relaxed_topk(
     the k-hot polytope). As :math:`\tau \to 0` it tends to the k-hot vector of
     :func:`gumbel_topk` drawn with the same noise. ``hard=True`` returns that exact
     k-hot vector with the relaxed sample's gradient.
+
+    Raises:
+        ValueError: as :func:`gumbel_topk` for ``logits`` and ``k``, and as
+            :func:`gumbel_softmax` for ``tau``.
     """
     check_logits(logits, dim=dim)
     _check_k(logits, k, dim)

@@ -19,7 +19,8 @@ Philox stream instead of ``torch.rand``). Reproducibility: the 64-bit Philox key
 ``generator`` (or the global generator, which thereby advances), so the same generator state
 gives the same sample.
 
-``DISCOGRAD_DISABLE_KERNELS=1`` forces the reference path; :func:`status` says which path each
+``DISCOGRAD_DISABLE_KERNELS=1`` forces the reference path (read at each eager call; code traced
+by torch.compile keeps the path chosen when it was traced); :func:`status` says which path each
 device uses and why. Forward-mode AD and torch.func transforms use the reference path too.
 
 Under ``torch.compile(fullgraph=True)`` the kernels are custom operators with shape functions
