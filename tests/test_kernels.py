@@ -875,3 +875,94 @@ def test_triton_on_gpu(dtype):
     assert (y.sum(-1) == 1).all() and ((y == 0) | (y == 1)).all()
     (y * torch.randn_like(y)).sum().backward()
     assert torch.isfinite(long_rows.grad).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Large logits: arg max and softmax of x + G are invariant to a per-row shift of x, so the kernel
+# must give the same distribution whatever the rows' offset. Without the shift by the row's max
+# the float32 sum x + G rounds the noise away (1e6: ulp 1/16; index 0 wins too often).
+
+LARGE_ROWS = 200_000
+
+
+@pytest.mark.parametrize(
+    "dtype, offset",
+    [(torch.float32, 1e6), (torch.float32, -1e8), (torch.float64, 1e300), (torch.bfloat16, 1e30)],
+)
+def test_equal_large_logits_draw_uniformly(dtype, offset):
+    ops = torch.ops.discograd
+    x = torch.full((LARGE_ROWS, 4), offset, dtype=torch.float64).to(dtype)
+    uniform = np.full(4, 0.25)
+    counts = np.bincount(ops.gumbel_argmax(x, seed_tensor(5)).numpy(), minlength=4)
+    assert chi_square_pvalue(counts, uniform) > 1e-4, counts
+    hard, soft = ops.gumbel_softmax_hard(x[: LARGE_ROWS // 2], seed_tensor(6), 0.5, None, True)
+    hard_counts = hard.double().sum(0).numpy()
+    assert chi_square_pvalue(hard_counts, uniform) > 1e-4, hard_counts
+    assert torch.isfinite(soft).all()
+    # Negative control: the same test rejects a 2% excess of index 0.
+    assert chi_square_pvalue(counts, np.array([0.255, 0.745 / 3, 0.745 / 3, 0.745 / 3])) < 1e-4
+
+
+def test_offset_logits_draw_their_softmax():
+    ops = torch.ops.discograd
+    base = torch.tensor([1.0, 0.0, -1.0, 2.0])
+    probs = torch.softmax(base.double(), -1).numpy()
+    x = (base + 1e6).expand(LARGE_ROWS, -1).contiguous()  # exact in float32 (ulp 1/16)
+    counts = np.bincount(ops.gumbel_argmax(x, seed_tensor(7)).numpy(), minlength=4)
+    assert chi_square_pvalue(counts, probs) > 1e-4, counts
+    # Negative control: a 0.05 shift of one logit is detected by the same test.
+    wrong = torch.softmax(base.double() + torch.tensor([0.05, 0, 0, 0]), -1).numpy()
+    assert chi_square_pvalue(counts, wrong) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "dtype, offset, grid",
+    [(torch.float32, 1e6, 2.0**-4), (torch.float32, -3e7, 2.0), (torch.float64, 2.0**45, 2.0**-7)],
+)
+@pytest.mark.parametrize("cols", [3, 10, 16, 17, 100, 1000])
+def test_offset_logits_give_the_same_samples(dtype, offset, grid, cols):
+    """x and x + offset (x on the grid of ulp(offset), so that x + offset is exact) give the
+    same soft sample up to rounding and the same one-hot and arg max, for the same seed."""
+    ops = torch.ops.discograd
+    gen = torch.Generator().manual_seed(cols)
+    x = (torch.randn(64, cols, generator=gen, dtype=torch.float64) * 3 / grid).round() * grid
+    x[0, 1 + cols // 2 :] = -math.inf  # masked entries stay masked
+    x, shifted = x.to(dtype), (x + offset).to(dtype)
+    assert torch.equal(shifted.double() - offset, x.double())
+    seed = seed_tensor(11)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for tau in (0.5, 2.0):
+        torch.testing.assert_close(
+            ops.gumbel_softmax(shifted, seed, tau, None, True),
+            ops.gumbel_softmax(x, seed, tau, None, True),
+            rtol=tol,
+            atol=tol,
+        )
+    hard_shifted, _ = ops.gumbel_softmax_hard(shifted, seed, 0.5, None, True)
+    hard, _ = ops.gumbel_softmax_hard(x, seed, 0.5, None, True)
+    assert torch.equal(hard_shifted, hard)
+    assert (hard[0, 1 + cols // 2 :] == 0).all()
+    assert torch.equal(ops.gumbel_argmax(shifted, seed), ops.gumbel_argmax(x, seed))
+
+
+@pytest.mark.parametrize("dtype", ALL)
+@pytest.mark.parametrize("cols", [4, 40])
+def test_large_logits_keep_the_fused_check(dtype, cols):
+    """Rows of large logits with a NaN, a +inf, or fully masked still fail the fused check."""
+    ops = torch.ops.discograd
+    big = {torch.float32: 1e8, torch.float16: 3e4}.get(dtype, 1e30)  # 1e30: float64, bfloat16
+    for bad in (math.nan, math.inf):
+        x = torch.full((3, cols), big, dtype=dtype)
+        x[1, cols - 1] = bad
+        with pytest.raises(ValueError, match="normalizer is not finite"):
+            ops.gumbel_softmax(x, seed_tensor(1), 0.5, None, True)
+    x = torch.full((3, cols), big, dtype=dtype)
+    x[2] = -math.inf
+    with pytest.raises(ValueError, match="normalizer is not finite"):
+        ops.gumbel_softmax_hard(x, seed_tensor(1), 0.5, None, True)
+    x[2, 1] = -big  # one finite entry: the row is valid and draws it
+    hard, soft = ops.gumbel_softmax_hard(x, seed_tensor(1), 0.5, None, True)
+    assert torch.isfinite(soft).all() and hard[2, 1] == 1 and soft[2, 1] == 1
+    x[1, 0] = math.nan  # unchecked: the arg max is the first NaN, as torch's
+    assert int(ops.gumbel_argmax(x, seed_tensor(1))[1]) == 0
+    assert int(ops.gumbel_argmax(x - x.nan_to_num(), seed_tensor(1))[1]) == 0  # ordinary too
