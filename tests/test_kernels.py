@@ -680,6 +680,18 @@ def triton_interpreter_checks() -> None:
     )
     torch.testing.assert_close(gx, want_gx, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gt, want_gt, rtol=1e-5, atol=1e-6)
+    # Large logits are shifted before the noise is added (both paths of the forward and the
+    # arg max kernel): x + 1e6 gives the samples of x (x on a grid where x + 1e6 is exact).
+    # Unshifted, float32 would round the noise to multiples of 1/16.
+    for cols in (100, 128, 512):
+        grid = torch.round(torch.randn(3, cols, generator=torch.Generator().manual_seed(7)) * 16)
+        grid = grid / 16
+        for offset in (1e6, -3e5):  # 1/16 is a multiple of their ulp: grid + offset exact
+            one_hot, y = triton_gs.forward(grid + offset, seed, 0.5, None, True)
+            want_hard, want = triton_gs.forward(grid, seed, 0.5, None, True)
+            torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-5)
+            assert torch.equal(one_hot, want_hard), (cols, offset)
+            assert torch.equal(triton_gs.argmax(grid + offset, seed), triton_gs.argmax(grid, seed))
     print("triton interpreter ok")
 
 

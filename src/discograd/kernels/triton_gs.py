@@ -138,8 +138,15 @@ if triton is not None:
         chunk = tl.arange(0, CHUNKS)[:, None]
         lane = tl.arange(0, 16)[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, (c0 + chunk).to(tl.int64) * 16 + lane)
+        return r0, r1, r2, r3, _cols(base, c0, CHUNKS)
+
+    @triton.jit
+    def _cols(base, c0, CHUNKS: tl.constexpr):
+        """The row-relative column of word 0's element in each (chunk, lane) of _tile."""
+        chunk = tl.arange(0, CHUNKS)[:, None]
+        lane = tl.arange(0, 16)[None, :]
         start = (c0 * 64 - base).to(tl.int32)  # |start| < K + 64
-        return r0, r1, r2, r3, start + chunk * 64 + lane
+        return start + chunk * 64 + lane
 
     @triton.jit
     def _max(z):
@@ -169,17 +176,49 @@ if triton is not None:
         return 1.0 / t
 
     @triton.jit
-    def _z(x_row, K, r, col, FULL: tl.constexpr, FAST: tl.constexpr):
-        """z = x + G over one word's columns (-inf outside the row), in float32. FULL: every
-        column is inside the row (no masks: the loads can be vectorized)."""
+    def _z(
+        x_row, K, r, col, FULL: tl.constexpr, FAST: tl.constexpr, c=0.0, SHIFT: tl.constexpr = False
+    ):
+        """z = (x - c) + G over one word's columns (-inf outside the row), in float32; no
+        subtraction unless SHIFT. FULL: every column is inside the row (no masks: the loads
+        can be vectorized)."""
+        x, inside = _x(x_row, K, col, FULL)
+        if SHIFT:
+            x = x - c
+        return _plus_noise(x, inside, r, FULL, FAST), inside
+
+    @triton.jit
+    def _x(x_row, K, col, FULL: tl.constexpr):
+        """x over one word's columns in float32 (-inf outside the row), and the inside mask."""
         if FULL:
-            inside = col >= 0
-            z = tl.load(x_row + col).to(tl.float32) + _gumbel_word(r, FAST)
-        else:
-            inside = (col >= 0) & (col < K)
-            x = tl.load(x_row + col, mask=inside, other=float("-inf")).to(tl.float32)
-            z = tl.where(inside, x + _gumbel_word(r, FAST), float("-inf"))
-        return z, inside
+            return tl.load(x_row + col).to(tl.float32), col >= 0
+        inside = (col >= 0) & (col < K)
+        return tl.load(x_row + col, mask=inside, other=float("-inf")).to(tl.float32), inside
+
+    @triton.jit
+    def _plus_noise(x, inside, r, FULL: tl.constexpr, FAST: tl.constexpr):
+        """x + G for one word's columns (-inf outside the row)."""
+        if FULL:
+            return x + _gumbel_word(r, FAST)
+        return tl.where(inside, x + _gumbel_word(r, FAST), float("-inf"))
+
+    @triton.jit
+    def _needs_shift(m):
+        """Whether a row whose perturbed max is m is redone as (x - m) + G, as in the C++
+        kernel: once |m| reaches 2^10, float32 rounds x + G to more than 2^-14 and large
+        logits lose their noise (arg max and softmax do not change under a shift, the
+        rounding does). Not for a +inf or NaN max, which the fused check flags."""
+        return (tl.abs(m) >= 1024.0) & (tl.abs(m) < float("inf"))
+
+    @triton.jit
+    def _z4(x_row, K, seed, base, c0, CHUNKS, FULL, FAST, c=0.0, SHIFT: tl.constexpr = False):
+        """A tile's four words' z (see _z) and whether each column is inside the row."""
+        r0, r1, r2, r3, col = _tile(seed, base, c0, CHUNKS)
+        z0, i0 = _z(x_row, K, r0, col, FULL, FAST, c, SHIFT)
+        z1, i1 = _z(x_row, K, r1, col + 16, FULL, FAST, c, SHIFT)
+        z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST, c, SHIFT)
+        z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST, c, SHIFT)
+        return z0, z1, z2, z3, i0, i1, i2, i3, col
 
     @triton.jit
     def _shift(m):
@@ -244,11 +283,20 @@ if triton is not None:
         x_row, y_row, h_row, status_ptr, seed, base, K, rate, HARD, CHUNKS, FULL, FAST
     ):
         """The whole row in registers: noise, max, sum, write; x read once, y written once."""
-        r0, r1, r2, r3, col = _tile(seed, base, base // 64, CHUNKS)
-        z0, i0 = _z(x_row, K, r0, col, FULL, FAST)
-        z1, i1 = _z(x_row, K, r1, col + 16, FULL, FAST)
-        z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST)
-        z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST)
+        # x first, and its max: a row of large logits is shifted before the noise is added
+        # (no second pass: the row is in registers). c = 0 leaves x - c = x exactly.
+        col = _cols(base, base // 64, CHUNKS)
+        x0, i0 = _x(x_row, K, col, FULL)
+        x1, i1 = _x(x_row, K, col + 16, FULL)
+        x2, i2 = _x(x_row, K, col + 32, FULL)
+        x3, i3 = _x(x_row, K, col + 48, FULL)
+        c = _max4(x0, x1, x2, x3)
+        c = tl.where(_needs_shift(c), c, 0.0)
+        r0, r1, r2, r3, _ = _tile(seed, base, base // 64, CHUNKS)  # after: fewer live registers
+        z0 = _plus_noise(x0 - c, i0, r0, FULL, FAST)
+        z1 = _plus_noise(x1 - c, i1, r1, FULL, FAST)
+        z2 = _plus_noise(x2 - c, i2, r2, FULL, FAST)
+        z3 = _plus_noise(x3 - c, i3, r3, FULL, FAST)
         m = _max4(z0, z1, z2, z3)
         if HARD:
             # Found before the exponentials, while z is live anyway: afterwards z and e would
@@ -278,17 +326,40 @@ if triton is not None:
     ):
         """Rows longer than a tile: pass 1 writes z = x + G (float32) and keeps the running
         max m and sum s = sum exp((z - m) / tau), rescaled once per tile (one exp an element);
-        pass 2 reads z back and writes y."""
+        pass 2 reads z back and writes y. A row of large logits does pass 1 again, shifted."""
+        m, s, index = _tiled_pass(
+            x_row, z_row, seed, base, K, rate, HARD, CHUNKS, FULL, FAST, 0.0, False
+        )
+        if _needs_shift(m):
+            m, s, index = _tiled_pass(
+                x_row, z_row, seed, base, K, rate, HARD, CHUNKS, FULL, FAST, m, True
+            )
+        _flag_invalid(status_ptr, s)
+        inv_total = 1.0 / s
+        shift = _shift(m)
+        # Other threads of this program wrote those z entries: the barrier makes them visible.
+        tl.debug_barrier()
+        for start in range(0, K, CHUNKS * 64):
+            col = start + tl.arange(0, CHUNKS * 64)
+            inside = col < K
+            z = tl.load(z_row + col, mask=inside, other=float("-inf"))
+            _put(y_row, col, _exp(z, shift, rate) * inv_total, inside, False)
+            if HARD:
+                _put_hard(h_row, col, index, inside, False)
+
+    @triton.jit
+    def _tiled_pass(
+        x_row, z_row, seed, base, K, rate, HARD, CHUNKS, FULL, FAST, c, SHIFT: tl.constexpr
+    ):
+        """Pass 1 of :func:`_forward_tiled` over z = (x - c) + G: (max, sum, first arg max)."""
         first, count = _chunk_range(base, K)
         m = float("-inf")
         s = 0.0
         index = 0
         for t in range(0, count, CHUNKS):
-            r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
-            z0, i0 = _z(x_row, K, r0, col, FULL, FAST)
-            z1, i1 = _z(x_row, K, r1, col + 16, FULL, FAST)
-            z2, i2 = _z(x_row, K, r2, col + 32, FULL, FAST)
-            z3, i3 = _z(x_row, K, r3, col + 48, FULL, FAST)
+            z0, z1, z2, z3, i0, i1, i2, i3, col = _z4(
+                x_row, K, seed, base, first + t, CHUNKS, FULL, FAST, c, SHIFT
+            )
             _put(z_row, col, z0, i0, FULL)
             _put(z_row, col + 16, z1, i1, FULL)
             _put(z_row, col + 32, z2, i2, FULL)
@@ -308,18 +379,7 @@ if triton is not None:
             )
             s = s * _exp(m, shift, rate) + tile
             m = m_new
-        _flag_invalid(status_ptr, s)
-        inv_total = 1.0 / s
-        shift = _shift(m)
-        # Other threads of this program wrote those z entries: the barrier makes them visible.
-        tl.debug_barrier()
-        for start in range(0, K, CHUNKS * 64):
-            col = start + tl.arange(0, CHUNKS * 64)
-            inside = col < K
-            z = tl.load(z_row + col, mask=inside, other=float("-inf"))
-            _put(y_row, col, _exp(z, shift, rate) * inv_total, inside, False)
-            if HARD:
-                _put_hard(h_row, col, index, inside, False)
+        return m, s, index
 
     @triton.jit
     def _forward_kernel(
@@ -381,20 +441,26 @@ if triton is not None:
         seed = tl.load(seed_ptr)
         base = row * K
         x_row = x_ptr + base
+        best, index = _argmax_pass(x_row, seed, base, K, CHUNKS, 0.0, False)
+        if _needs_shift(best):  # large logits: again from (x - best) + G, as the forward
+            best, index = _argmax_pass(x_row, seed, base, K, CHUNKS, best, True)
+        tl.store(index_ptr + row, index.to(tl.int64))
+
+    @triton.jit
+    def _argmax_pass(x_row, seed, base, K, CHUNKS: tl.constexpr, c, SHIFT: tl.constexpr):
+        """(max, first arg max) of z = (x - c) + G over the row."""
         first, count = _chunk_range(base, K)
         best = float("-inf")
         index = 0
         for t in range(0, count, CHUNKS):
-            r0, r1, r2, r3, col = _tile(seed, base, first + t, CHUNKS)
-            z0, _ = _z(x_row, K, r0, col, False, False)
-            z1, _ = _z(x_row, K, r1, col + 16, False, False)
-            z2, _ = _z(x_row, K, r2, col + 32, False, False)
-            z3, _ = _z(x_row, K, r3, col + 48, False, False)
+            z0, z1, z2, z3, _, _, _, _, col = _z4(
+                x_row, K, seed, base, first + t, CHUNKS, False, False, c, SHIFT
+            )
             top = _max4(z0, z1, z2, z3)
             if top > best:
                 index = _first4(z0, z1, z2, z3, col, top)
                 best = top
-        tl.store(index_ptr + row, index.to(tl.int64))
+        return best, index
 
     @triton.jit
     def _store_noise(out_ptr, base, K, r, col):
