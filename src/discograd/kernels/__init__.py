@@ -33,9 +33,8 @@ global generator.
 from __future__ import annotations
 
 import math
-import operator
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -54,7 +53,6 @@ __all__ = ["DISABLE_ENV", "gumbel_max", "gumbel_noise", "gumbel_softmax", "statu
 DISABLE_ENV = "DISCOGRAD_DISABLE_KERNELS"
 CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-ShapeLike = Union[int, Sequence[int], torch.Size]
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # pyright: ignore
 _functorch_level = torch._C._functorch.maybe_current_level  # pyright: ignore
 
@@ -108,17 +106,23 @@ def status() -> Dict[str, Dict[str, str]]:
     return out
 
 
+def _transformed(t: Optional[Tensor] = None) -> bool:
+    """Inside forward-mode AD or a torch.func transform (not while torch.compile traces): for
+    a tensor, when a transform wraps it; without one, when a transform is active."""
+    if torch.compiler.is_compiling():
+        return False
+    if forward_ad._current_level >= 0:
+        return True
+    return _functorch_wrapped(t) if t is not None else _functorch_level() is not None
+
+
 def _eligible(t: Tensor) -> bool:
     """A fast path exists for this tensor's device and dtype (and it is not empty).
 
     The operators define no forward-mode derivative and no vmap rule, so torch.func
     transforms (vmap, jvp, ...) and forward-mode AD keep the reference path.
     """
-    if t.numel() == 0:
-        return False
-    if not torch.compiler.is_compiling() and (
-        forward_ad._current_level >= 0 or _functorch_wrapped(t)
-    ):
+    if t.numel() == 0 or _transformed(t):
         return False
     if t.device.type == "cpu":
         return t.dtype in CPU_DTYPES and _cpu_ready()
@@ -238,38 +242,31 @@ def gumbel_max(
 
 
 def gumbel_noise(
-    shape_or_tensor: Union[ShapeLike, Tensor],
+    shape_or_tensor: Union[Tuple[int, ...], Tensor],
     generator: Optional[torch.Generator],
     dtype: Optional[torch.dtype],
     device: Optional[Union[torch.device, str]],
 ) -> Optional[Tensor]:
     """Gumbel noise from the Philox kernel, or ``None`` where no fast path applies.
 
-    The noise of a tensor of shape (..., K) is that of its (prod(...), K) rows, the same
-    noise :func:`gumbel_softmax` adds for the same seed.
+    ``shape_or_tensor``: a tensor, or a shape :func:`discograd.ops.gumbel_noise` has checked
+    (a tuple of ints >= 0). The noise of a tensor of shape (..., K) is that of its
+    (prod(...), K) rows, the same noise :func:`gumbel_softmax` adds for the same seed.
     """
     if isinstance(shape_or_tensor, Tensor):
         shape = tuple(shape_or_tensor.shape)
         dtype = shape_or_tensor.dtype if dtype is None else dtype
         device = shape_or_tensor.device if device is None else device
-    elif isinstance(shape_or_tensor, int):
-        shape = (shape_or_tensor,)
     else:
-        try:
-            shape = tuple(operator.index(s) for s in shape_or_tensor)  # as torch: no floats
-        except TypeError:
-            return None
-    if not torch.compiler.is_compiling() and (
-        forward_ad._current_level >= 0 or _functorch_level() is not None
-    ):
-        # As _eligible: inside torch.func transforms and forward-mode AD the samplers take the
-        # reference path, noise included (under vmap the operator, with no batching rule,
-        # would run once per slice).
+        shape = shape_or_tensor
+    # Inside torch.func transforms and forward-mode AD the samplers take the reference path,
+    # noise included (under vmap the operator, with no batching rule, would run per slice).
+    if _transformed():
         return None
     dtype = torch.get_default_dtype() if dtype is None else dtype
     device = torch.empty(0).device if device is None else torch.device(device)
     numel = math.prod(shape)
-    if numel <= 0 or any(s < 0 for s in shape):
+    if numel == 0:
         return None
     if device.type == "cpu":
         if dtype not in CPU_DTYPES or not _cpu_ready():
