@@ -154,9 +154,15 @@ def _perturbed(
     if not checked:
         check_logits(logits, dim=dim)
     work = logits.to(compute_dtype(logits.dtype))
-    top = work.detach().amax(dim, keepdim=True)
-    work = work - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    work = work - _row_shift(work, dim)
     return work + gumbel_noise(work, generator=generator)
+
+
+def _row_shift(t: Tensor, dim: int) -> Tensor:
+    """Each row's largest entry along ``dim`` (kept as a size-1 dim, detached: a constant the
+    samples do not depend on), or 0 where that is not finite (a masked row, +inf, NaN)."""
+    top = t.detach().amax(dim, keepdim=True)
+    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
 
 
 def _one_hot(index: Tensor, like: Tensor, dim: int) -> Tensor:
@@ -267,8 +273,7 @@ def _tempered(scores: Tensor, tau: Union[float, Tensor], dim: int) -> Tensor:
     NaN; through exp and log the zero stays zero. Masked entries get a finite stand-in for the
     same reason.
     """
-    top = scores.detach().amax(dim, keepdim=True)
-    shifted = scores - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    shifted = scores - _row_shift(scores, dim)
     if not isinstance(tau, Tensor):
         return shifted / tau
     masked = torch.isneginf(scores)
