@@ -79,6 +79,7 @@ from discograd import distributed
 from discograd._fs import fsync_dir
 from discograd._json import dumps as json_dumps
 from discograd._json import numbers
+from discograd._validation import check_positive_int
 from discograd.distributed import Context
 
 __all__ = [
@@ -164,8 +165,8 @@ class TrainConfig:
         # Each check names the field: a wrong type would otherwise surface as a TypeError from
         # a comparison (or numpy's seeding) far from the setting that caused it.
         for name in ("steps", "eval_every", "ckpt_every", "log_every", "seed"):
-            _check_int(name, getattr(self, name), 0)
-        _check_int("batch_size", self.batch_size, 1)
+            check_positive_int(getattr(self, name), name=name, minimum=0)
+        check_positive_int(self.batch_size, name="batch_size")
         for name, low in (("lr", None), ("grad_clip", 0.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -182,13 +183,6 @@ class TrainConfig:
         self.eval_splits = _splits("eval_splits", self.eval_splits)
         self.final_splits = _splits("final_splits", self.final_splits)
         check_device(self.device)
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _splits(name: str, value: Any) -> Tuple[str, ...]:
