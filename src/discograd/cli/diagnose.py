@@ -228,11 +228,12 @@ def _estimator_names(spec: Optional[str], registered: Sequence[str]) -> List[str
     names = [s.strip().lower().replace("_", "-") for s in spec.split(",") if s.strip()]
     if not names:
         raise UsageError("--estimators is empty")
-    unknown = [s for s in names if s not in registered]
-    if unknown:
-        raise UsageError(
-            f"unknown estimator {', '.join(map(repr, unknown))}; available: {', '.join(registered)}"
-        )
+    from discograd.estimators import check_registered
+
+    try:
+        check_registered(names, "--estimators")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return names
 
 

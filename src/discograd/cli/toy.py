@@ -159,6 +159,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from discograd.estimators import check_registered
     from discograd.plotting import PlottingUnavailable
 
     if not getattr(args, "toy", None):
@@ -167,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     fn, kwargs, report = _TOYS[args.toy](args)
     out = Path(args.out)
     try:
-        if args.toy == "bitflip":
-            _check_estimators(args.estimators)
+        if args.toy == "bitflip":  # before --out is made: a typo leaves nothing behind
+            check_registered(args.estimators, "--estimators")
         prepare_out(out)  # before the work: the figure and the JSON go there at the end
         summary = fn(out, plot=not args.no_plots, seed=args.seed, **kwargs)
     except ValueError as exc:
@@ -295,19 +296,6 @@ _TOYS = {
     "concrete": _concrete,
     "bitflip": _bitflip,
 }
-
-
-def _check_estimators(names: Tuple[str, ...]) -> None:
-    """--estimators of bitflip: ValueError naming the unregistered ones."""
-    from discograd.estimators import available
-
-    registered = available()
-    unknown = [n for n in names if n not in registered]
-    if unknown:
-        raise ValueError(
-            f"--estimators: unknown estimator {', '.join(map(repr, unknown))}; available: "
-            f"{', '.join(registered)}"
-        )
 
 
 def _split(text: str, cast: Callable[[str], Any], what: str) -> Tuple[Any, ...]:

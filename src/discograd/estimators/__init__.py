@@ -23,7 +23,15 @@ from discograd.estimators import (  # noqa: F401  (registration)
     st,
 )
 from discograd.estimators.arm import ARM
-from discograd.estimators.base import Estimator, Relaxed, available, estimator_class, get, register
+from discograd.estimators.base import (
+    Estimator,
+    Relaxed,
+    available,
+    check_registered,
+    estimator_class,
+    get,
+    register,
+)
 from discograd.estimators.baselines import Baseline, EMABaseline, NetworkBaseline
 from discograd.estimators.darn import DARN
 from discograd.estimators.disarm import DisARM
@@ -44,6 +52,7 @@ __all__ = [
     "Estimator",
     "Relaxed",
     "available",
+    "check_registered",
     "estimator_class",
     "get",
     "register",

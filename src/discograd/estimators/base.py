@@ -17,7 +17,7 @@ tensor holds both the estimate and the gradient.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,18 @@ def register(name: str) -> Callable[[Type[Estimator]], Type[Estimator]]:
 def available() -> List[str]:
     """Names of all registered estimators, sorted."""
     return sorted(_REGISTRY)
+
+
+def check_registered(names: Sequence[str], what: str) -> None:
+    """ValueError naming ``what`` (the argument or option) and every name of ``names`` that is
+    not a registered estimator, with the registered ones."""
+    registered = available()
+    unknown = [name for name in names if name not in registered]
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown estimator {', '.join(map(repr, unknown))}; available: "
+            f"{', '.join(registered)}"
+        )
 
 
 def estimator_class(name: str) -> Type[Estimator]:

@@ -446,13 +446,7 @@ def bitflip(
     """
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
-    available = estimators.available()
-    unknown = [name for name in estimator_names if name not in available]
-    if unknown:
-        raise ValueError(
-            f"estimator_names: unknown estimator {', '.join(map(repr, unknown))}; available: "
-            f"{', '.join(available)}"
-        )
+    estimators.check_registered(estimator_names, "estimator_names")
     runs, skipped = {}, {}
     for name in estimator_names:
         est = _bitflip_estimator(name)
